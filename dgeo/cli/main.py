@@ -1,0 +1,34 @@
+"""The ``dgeo`` Typer app: registers the commands and turns dgeo errors into one-line messages."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from dgeo.errors import DgeoError
+
+app = typer.Typer(
+    name="dgeo",
+    help="dgeo: learned visual localization. Run `dgeo COMMAND --help` for examples.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _register() -> None:
+    """Import the command modules; each adds its commands to :data:`app`."""
+    from dgeo.cli import commands  # noqa: F401
+
+
+def main() -> None:
+    """Entry point of the ``dgeo`` console script."""
+    _register()
+    try:
+        app()
+    except DgeoError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
