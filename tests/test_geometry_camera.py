@@ -138,7 +138,7 @@ def test_bad_input(args, err, msg):
 def test_float32():
     cam = to_dgeo("OPENCV", COLMAP_PARAMS["OPENCV"]).float()
     X = torch.from_numpy(random_points(100)).float()
-    uv, valid = cam.project(X, check_bounds=False)
+    uv, _valid = cam.project(X, check_bounds=False)
     rays, ok = cam.unproject(uv, return_valid=True)
     assert uv.dtype == torch.float32 and ok.all()
     np.testing.assert_allclose(rays[:, :2].numpy(), (X[:, :2] / X[:, 2:]).numpy(), atol=1e-5)

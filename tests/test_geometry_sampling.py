@@ -46,8 +46,8 @@ def test_gradients_are_exact_on_quadratic_maps_and_extrapolate_at_borders():
     ys, xs = torch.meshgrid(torch.arange(h).double(), torch.arange(w).double(), indexing="ij")
     fmap = torch.stack([xs**2 + 3 * ys, 2 * xs - ys**2])[None]
     uv = torch.tensor([[[2.5, 1.5], [4.0, 3.0], [0.0, 0.0], [8.0, 5.0], [7.3, 2.6]]]).double()
-    values, valid, grads = sample(fmap, uv, return_gradients=True)
-    x, y = uv[0].unbind(-1)
+    _values, _valid, grads = sample(fmap, uv, return_gradients=True)
+    x, _y = uv[0].unbind(-1)
     np.testing.assert_allclose(grads[0, :2, 0, 0].numpy(), 2 * x[:2].numpy())  # d/dx x^2, interior
     np.testing.assert_allclose(grads[0, 2, 0, 0].numpy(), 1.0)  # first column: 1^2 - 0^2
     np.testing.assert_allclose(grads[0, :, 0, 1].numpy(), 3.0)

@@ -365,7 +365,7 @@ class Camera:
         return self._with(f, c, size)
 
     def crop(self, left, top, width, height) -> Camera:
-        """Cameras of the crop whose top-left pixel is ``(left, top)`` and size ``width x height``."""
+        """Cameras of the crop with top-left pixel ``(left, top)`` and size ``width x height``."""
         offset = torch.stack(
             [as_tensor(x, self.dtype, self.device).expand(self.shape) for x in (left, top)], -1
         )

@@ -287,7 +287,7 @@ class Pose:
 
 
 def axis_angle_to_rotation_matrix_nd(aa: torch.Tensor) -> torch.Tensor:
-    """kornia's axis-angle to rotation conversion for any leading shape: ``(..., 3) -> (..., 3, 3)``."""
+    """kornia's axis-angle to rotation matrix for any leading shape ``(..., 3) -> (..., 3, 3)``."""
     return axis_angle_to_rotation_matrix(aa.reshape(-1, 3)).reshape(*aa.shape[:-1], 3, 3)
 
 
