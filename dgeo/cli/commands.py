@@ -1,1 +1,3 @@
 """Imports every command module so that it registers on the app."""
+
+from dgeo.cli import demo, evaluate  # noqa: F401
