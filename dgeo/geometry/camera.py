@@ -282,7 +282,7 @@ class Camera:
 
         Args:
             p_cam: ``(..., N, 3)`` points in the camera frame; the leading shape broadcasts with
-                the camera batch shape.
+                the camera batch shape. The computation runs in ``p_cam``'s dtype.
             return_jacobian: also return ``d uv / d p_cam`` ``(..., N, 2, 3)``.
             check_bounds: whether ``valid`` also requires the pixel to lie inside the image.
             min_depth: smallest depth counted as in front of the camera.
@@ -295,9 +295,9 @@ class Camera:
         in_front = z > min_depth
         z_safe = torch.where(in_front, z, torch.ones_like(z))
         xy = p_cam[..., :2] / z_safe[..., None]
-        f, c = self.f[..., None, :], self.c[..., None, :]
+        f, c = self.f[..., None, :].to(xy.dtype), self.c[..., None, :].to(xy.dtype)
         if self.has_distortion:
-            out = distort(xy, self.dist, return_jacobian)
+            out = distort(xy, self.dist.to(xy.dtype), return_jacobian)
             xy_d, valid = out[0], in_front & out[1]
         else:
             xy_d, valid = xy, in_front
@@ -325,10 +325,10 @@ class Camera:
             rays ``(..., N, 3)`` with ``z = 1`` [, validity].
         """
         require_shape(uv, "uv", last=[None, 2])
-        xy = (uv - self.c[..., None, :]) / self.f[..., None, :]
+        xy = (uv - self.c[..., None, :].to(uv.dtype)) / self.f[..., None, :].to(uv.dtype)
         valid = torch.ones_like(xy[..., 0], dtype=torch.bool)
         if self.has_distortion:
-            xy, valid = undistort(xy, self.dist)
+            xy, valid = undistort(xy, self.dist.to(uv.dtype))
         rays = torch.cat([xy, torch.ones_like(xy[..., :1])], -1)
         return (rays, valid) if return_valid else rays
 

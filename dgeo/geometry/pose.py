@@ -30,13 +30,18 @@ ArrayLike = torch.Tensor | np.ndarray | Sequence
 
 
 def as_tensor(x: ArrayLike, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-    """Convert arrays and sequences to a tensor; float64 numpy arrays stay float64."""
+    """Convert to a tensor: numpy arrays keep their float dtype, Python numbers and sequences
+    take torch's default dtype (like ``torch.tensor``); ``dtype`` overrides both."""
     if isinstance(x, torch.Tensor):
         return x.to(dtype=dtype or x.dtype, device=device or x.device)
-    t = torch.as_tensor(np.asarray(x), device=device)
-    if dtype is not None:
-        return t.to(dtype)
-    return t if t.is_floating_point() else t.to(torch.get_default_dtype())
+    if isinstance(x, np.ndarray | np.generic):
+        t = torch.as_tensor(x, device=device)
+        if dtype is None and not t.is_floating_point():
+            dtype = torch.get_default_dtype()
+    else:  # Python numbers and sequences take torch's default dtype, as torch.tensor does
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64), device=device)
+        dtype = dtype or torch.get_default_dtype()
+    return t if dtype is None else t.to(dtype)
 
 
 def skew(v: torch.Tensor) -> torch.Tensor:
