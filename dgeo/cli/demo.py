@@ -23,7 +23,7 @@ def demo(
     points: int = typer.Option(800, help="3D points in the synthetic scene."),
     outliers: float = typer.Option(0.2, help="Share of 2D observations replaced by outliers."),
     noise: float = typer.Option(1.0, help="Pixel noise (standard deviation) on observations."),
-    rotation: float = typer.Option(10.0, help="Initial rotation error, degrees."),
+    rotation: float = typer.Option(12.0, help="Initial rotation error, degrees."),
     translation: float = typer.Option(0.5, help="Initial camera-centre error, scene units."),
     kernel: str = typer.Option("cauchy", help="Robust kernel: huber, cauchy, tukey, barron, l2."),
     seed: int = typer.Option(0, help="Seed of the scene and of the noise."),

@@ -47,7 +47,7 @@ class DemoConfig:
     num_images: int = 64
     num_points: int = 800
     camera_model: str = "OPENCV"
-    rotation_noise_deg: float = 10.0
+    rotation_noise_deg: float = 12.0
     translation_noise: float = 0.5
     pixel_noise: float = 1.0
     outlier_ratio: float = 0.2
