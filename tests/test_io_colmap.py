@@ -20,7 +20,7 @@ from dgeo.errors import (
     ShapeError,
 )
 from dgeo.geometry import Camera, Pose
-from dgeo.io import colmap as cio
+from dgeo.io import colmap_binary
 from dgeo.io.colmap import (
     ReferenceMap,
     camera_from_colmap,
@@ -426,12 +426,12 @@ def test_points3d_parser_falls_back_on_unsorted_records(tmp_path):
     shuffled.write_bytes(buf[:8] + b"".join(records[::-1]))
     ids = np.array(sorted(rec.point3D_ids()), np.uint64)
     lengths = np.array([rec.point3D(int(i)).track.length() for i in ids])
-    h1, e1 = cio._parse_points3D_bin(tmp_path / "points3D.bin", ids, lengths)
-    h2, e2 = cio._parse_points3D_bin(shuffled, ids, lengths)
+    h1, e1 = colmap_binary.parse_points3D_bin(tmp_path / "points3D.bin", ids, lengths)
+    h2, e2 = colmap_binary.parse_points3D_bin(shuffled, ids, lengths)
     assert np.array_equal(h1["id"], ids) and np.array_equal(h2["id"], ids[::-1])
     assert np.array_equal(h2[::-1]["xyz"], h1["xyz"])
     # and the assembled map sorts the points (and their tracks) back by id
-    ids_i, names, p2d = cio._parse_images_bin(tmp_path / "images.bin")
+    ids_i, names, p2d = colmap_binary.parse_images_bin(tmp_path / "images.bin")
     images = [rec.image(int(i)) for i in ids_i]
     cams = {c: camera_from_colmap(rec.camera(c)) for c in {im.camera_id for im in images}}
     poses = poses_from_colmap([im.cam_from_world() for im in images])
@@ -441,11 +441,11 @@ def test_points3d_parser_falls_back_on_unsorted_records(tmp_path):
     truncated = tmp_path / "truncated.bin"
     truncated.write_bytes(buf[:-5])
     with pytest.raises(ParseError, match="truncated"):
-        cio._parse_points3D_bin(truncated, ids, lengths)
+        colmap_binary.parse_points3D_bin(truncated, ids, lengths)
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(struct.pack("<Q", 2**60) + buf[8:])
     with pytest.raises(ParseError, match="header says"):
-        cio._parse_points3D_bin(garbage, ids, lengths)
+        colmap_binary.parse_points3D_bin(garbage, ids, lengths)
 
 
 # ---------------------------------------------------------------------------------- from_arrays

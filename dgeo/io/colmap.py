@@ -40,6 +40,12 @@ from dgeo.errors import (
 from dgeo.geometry.camera import PARAM_NAMES, Camera
 from dgeo.geometry.pose import ArrayLike, Pose, as_tensor
 from dgeo.io.atomic import atomic_directory
+from dgeo.io.colmap_binary import (
+    POINT2D_DTYPE,
+    csr_gather,
+    parse_images_bin,
+    parse_points3D_bin,
+)
 
 __all__ = [
     "SUPPORTED_MODELS",
@@ -226,102 +232,6 @@ def read_reconstruction(path: str | os.PathLike) -> pycolmap.Reconstruction:
         raise ParseError(path, None, f"pycolmap could not read this {fmt} model: {e}") from e
 
 
-_POINT2D = np.dtype([("xy", "<f8", (2,)), ("point3D_id", "<i8")])
-_POINT3D_HEAD = np.dtype(
-    [("id", "<u8"), ("xyz", "<f8", (3,)), ("rgb", "u1", (3,)), ("error", "<f8"), ("length", "<u8")]
-)  # packed, 51 bytes; then `length` track elements (image_id u32, point2D_idx u32)
-
-
-def _ranges_mask(n: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Boolean mask ``(n,)`` of the union of disjoint half-open ranges ``[starts, ends)``."""
-    delta = np.zeros(n + 1, np.int8)
-    np.add.at(delta, starts, 1)
-    np.add.at(delta, ends, -1)
-    return np.cumsum(delta[:n], dtype=np.int8).astype(bool)
-
-
-def _parse_images_bin(path: Path) -> tuple[np.ndarray, list[str], list[np.ndarray]]:
-    """``images.bin`` -> image ids ``(I,)``, names, per-image structured 2D points."""
-    buf = path.read_bytes()
-    try:
-        n = int.from_bytes(buf[:8], "little")
-        ids, names, points = [], [], []
-        off = 8
-        for _ in range(n):  # one iteration per image; the 2D points are read as one array
-            ids.append(int.from_bytes(buf[off : off + 4], "little"))
-            off += 4 + 7 * 8 + 4  # image_id, qvec, tvec, camera_id
-            end = buf.index(b"\0", off)
-            names.append(buf[off:end].decode("utf-8"))
-            k = int.from_bytes(buf[end + 1 : end + 9], "little")
-            points.append(np.frombuffer(buf, _POINT2D, count=k, offset=end + 9))
-            off = end + 9 + k * _POINT2D.itemsize
-    except ValueError as e:
-        raise ParseError(path, None, f"truncated or malformed COLMAP images.bin: {e}") from e
-    if off != len(buf):
-        raise ParseError(path, None, f"{len(buf) - off} unexpected trailing bytes in images.bin")
-    return np.asarray(ids, np.int64), names, points
-
-
-def _parse_points3D_bin(path: Path, ids_hint: np.ndarray, lengths_hint: np.ndarray) -> tuple:
-    """``points3D.bin`` -> heads ``(P,)`` (structured) and track elements ``(T, 2)`` uint32.
-
-    The records have variable length. COLMAP writes them sorted by id, and each track length
-    equals the number of 2D points that refer to the point, so the offsets follow from
-    ``ids_hint`` / ``lengths_hint`` (from images.bin) by a cumulative sum; they are verified
-    against the file, and a sequential scan over the records is the fallback.
-    """
-    buf = path.read_bytes()
-    raw = np.frombuffer(buf, np.uint8)
-    n = int.from_bytes(buf[:8], "little") if len(buf) >= 8 else -1
-    head = _POINT3D_HEAD.itemsize
-    offsets = None
-    if n == len(ids_hint):
-        sizes = head + 8 * lengths_hint.astype(np.int64)
-        ends = 8 + np.cumsum(sizes, dtype=np.int64)
-        cand = ends - sizes
-        if (ends[-1] if n else 8) == len(buf):
-            heads = raw[_ranges_mask(len(buf), cand, cand + head)].view(_POINT3D_HEAD)
-            if np.array_equal(heads["id"], ids_hint) and np.array_equal(
-                heads["length"], lengths_hint
-            ):
-                offsets = cand
-    if offsets is None:  # fallback: walk the records one by one
-        if n < 0 or n > (len(buf) - 8) // head:
-            raise ParseError(
-                path,
-                None,
-                f"malformed COLMAP points3D.bin: header says {n} points in {len(buf)} bytes",
-            )
-        offsets = np.empty(n, np.int64)
-        off = 8
-        for k in range(n):
-            offsets[k] = off
-            off += head + 8 * int.from_bytes(buf[off + head - 8 : off + head], "little")
-        if off != len(buf):
-            raise ParseError(path, None, "truncated or malformed COLMAP points3D.bin")
-        heads = raw[_ranges_mask(len(buf), offsets, offsets + head)].view(_POINT3D_HEAD)
-    lengths = heads["length"].astype(np.int64)
-    starts = offsets + head
-    elems = raw[_ranges_mask(len(buf), starts, starts + 8 * lengths)].view("<u4").reshape(-1, 2)
-    return heads, elems
-
-
-def _csr_gather(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat element indices of the CSR rows ``rows`` ``(R,)``, and the row of each element.
-
-    Args:
-        offsets: ``(N + 1,)`` CSR offsets.
-        rows: ``(R,)`` row indices, in the order wanted.
-    Returns:
-        ``flat`` and ``row_of`` (position in ``rows``), both ``(sum of the row lengths,)``.
-    """
-    lengths = offsets[rows + 1] - offsets[rows]
-    row_of = np.repeat(np.arange(len(rows)), lengths)
-    first = np.cumsum(lengths) - lengths
-    flat = offsets[rows][row_of] + np.arange(int(lengths.sum())) - first[row_of]
-    return flat, row_of
-
-
 # ---------------------------------------------------------------------------------- the map
 @dataclass(eq=False)
 class ReferenceMap:
@@ -450,7 +360,7 @@ class ReferenceMap:
         """
         idx = self.keypoint_point_index[image_index]
         points = torch.unique(idx[idx >= 0]).numpy()
-        flat, row = _csr_gather(self.track_offsets.numpy(), points)
+        flat, row = csr_gather(self.track_offsets.numpy(), points)
         n = self.num_images
         pairs = np.unique(points[row] * n + self.track_image_index.numpy()[flat])
         counts = torch.from_numpy(np.bincount(pairs % n, minlength=n))
@@ -477,7 +387,7 @@ class ReferenceMap:
         poses = poses_from_colmap([im.cam_from_world() for im in images]) if images else None
         with tempfile.TemporaryDirectory(prefix="dgeo-colmap-") as tmp:
             rec.write_binary(tmp)
-            ids, names, points2D = _parse_images_bin(Path(tmp, "images.bin"))
+            ids, names, points2D = parse_images_bin(Path(tmp, "images.bin"))
             if not np.array_equal(ids, np.asarray(reg, np.int64)) or names != [
                 im.name for im in images
             ]:
@@ -485,10 +395,10 @@ class ReferenceMap:
                     f"pycolmap {pycolmap.__version__} wrote images.bin with other images than its "
                     "registered ones; dgeo.io.colmap needs updating for this version."
                 )
-            all_p2d = np.concatenate(points2D) if points2D else np.zeros(0, _POINT2D)
+            all_p2d = np.concatenate(points2D) if points2D else np.zeros(0, POINT2D_DTYPE)
             pids = all_p2d["point3D_id"]
             ref_ids, ref_len = np.unique(pids[pids >= 0].astype(np.uint64), return_counts=True)
-            heads, elems = _parse_points3D_bin(Path(tmp, "points3D.bin"), ref_ids, ref_len)
+            heads, elems = parse_points3D_bin(Path(tmp, "points3D.bin"), ref_ids, ref_len)
         return cls._from_arrays_colmap(images, cams, poses, ids, names, points2D, heads, elems)
 
     @classmethod
@@ -498,7 +408,7 @@ class ReferenceMap:
         lengths = heads["length"].astype(np.int64)
         order = np.argsort(heads["id"], kind="stable")
         if not np.array_equal(order, np.arange(len(order))):  # sort points (and tracks) by id
-            flat, _ = _csr_gather(np.concatenate([[0], np.cumsum(lengths)]), order)
+            flat, _ = csr_gather(np.concatenate([[0], np.cumsum(lengths)]), order)
             heads, elems, lengths = heads[order], elems[flat], lengths[order]
         point_ids = heads["id"].astype(np.int64)
         elems = elems.astype(np.int64).reshape(-1, 2)
