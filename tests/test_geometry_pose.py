@@ -132,3 +132,22 @@ def test_bad_input(make, err):
     with pytest.raises(err) as info:
         make()
     assert "must" in str(info.value) or "pass" in str(info.value)
+
+
+def test_so3_exp_matches_kornia_with_gradients():
+    from kornia.geometry.conversions import axis_angle_to_rotation_matrix
+
+    from dgeo.geometry.pose import so3_exp
+
+    w = torch.cat([torch.randn(20, 3), 1e-6 * torch.randn(5, 3), torch.zeros(1, 3)]).double()
+    np.testing.assert_allclose(
+        so3_exp(w).numpy(), axis_angle_to_rotation_matrix(w).numpy(), atol=1e-14
+    )
+    for x in (torch.tensor([0.3, -0.2, 0.5]), torch.tensor([1e-5, 0.0, -2e-5]), torch.zeros(3)):
+        x = x.double().requires_grad_()
+        torch.autograd.gradcheck(so3_exp, (x,))
+        ga = torch.autograd.functional.jacobian(so3_exp, x)
+        gk = torch.autograd.functional.jacobian(
+            lambda v: axis_angle_to_rotation_matrix(v[None])[0], x
+        )
+        np.testing.assert_allclose(ga.numpy(), gk.numpy(), atol=1e-10)
