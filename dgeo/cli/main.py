@@ -19,6 +19,23 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from dgeo import __version__
+
+        typer.echo(f"dgeo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """dgeo: learned visual localization. Run `dgeo COMMAND --help` for examples."""
+
+
 def _register() -> None:
     """Import the command modules; each adds its commands to :data:`app`."""
     from dgeo.cli import commands  # noqa: F401
