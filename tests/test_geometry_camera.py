@@ -142,3 +142,17 @@ def test_float32():
     rays, ok = cam.unproject(uv, return_valid=True)
     assert uv.dtype == torch.float32 and ok.all()
     np.testing.assert_allclose(rays[:, :2].numpy(), (X[:, :2] / X[:, 2:]).numpy(), atol=1e-5)
+
+
+def test_list_params_are_lossless_and_points_set_the_dtype():
+    cam = Camera("SIMPLE_RADIAL", W, H, [500.1, 319.8, 240.2, -0.05])
+    assert cam.dtype == torch.float64
+    ref = pycolmap.Camera(
+        model="SIMPLE_RADIAL", width=W, height=H, params=[500.1, 320.3, 240.7, -0.05]
+    )
+    X = random_points(100)
+    uv, _ = cam.project(torch.from_numpy(X), check_bounds=False)
+    np.testing.assert_allclose(uv.numpy(), ref.img_from_cam(X) - 0.5, atol=1e-9)
+    uv32, valid32 = cam.project(torch.from_numpy(X).float())
+    assert uv32.dtype == torch.float32 and valid32.dtype == torch.bool
+    np.testing.assert_allclose(uv32.numpy(), uv.numpy(), atol=1e-3)

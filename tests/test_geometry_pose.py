@@ -151,3 +151,13 @@ def test_so3_exp_matches_kornia_with_gradients():
             lambda v: axis_angle_to_rotation_matrix(v[None])[0], x
         )
         np.testing.assert_allclose(ga.numpy(), gk.numpy(), atol=1e-10)
+
+
+def test_mixed_dtypes_follow_the_points():
+    p64 = Pose.from_axis_angle([0.1, 0.2, 0.3], [1.0, 2.0, 3.0])  # lists: lossless float64
+    assert p64.dtype == torch.float64
+    x32 = torch.randn(5, 3)
+    y = p64.transform(x32)
+    assert y.dtype == torch.float32
+    np.testing.assert_allclose(y.numpy(), p64.transform(x32.double()).numpy(), atol=1e-5)
+    assert (p64 @ p64.float()).dtype == torch.float64

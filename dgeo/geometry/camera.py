@@ -133,8 +133,6 @@ class Camera:
                 f"unknown camera model {model!r}; dgeo supports {', '.join(PARAM_NAMES)}."
             )
         params = as_tensor(params)
-        if not params.is_floating_point():
-            params = params.to(torch.get_default_dtype())
         names = PARAM_NAMES[model]
         if params.dim() == 0 or params.shape[-1] != len(names):
             raise CameraModelError(
@@ -335,7 +333,7 @@ class Camera:
     def in_image(self, uv: torch.Tensor, pad: float = 0.0) -> torch.Tensor:
         """Whether pixels ``(..., N, 2)`` lie inside the image shrunk by ``pad``: ``(..., N)``."""
         lo = pad - 0.5
-        hi = self.size[..., None, :] - 0.5 - pad
+        hi = self.size[..., None, :].to(uv.dtype) - 0.5 - pad
         return ((uv >= lo) & (uv <= hi)).all(-1)
 
     # ------------------------------------------------------------------ transforms

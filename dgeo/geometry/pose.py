@@ -30,17 +30,14 @@ ArrayLike = torch.Tensor | np.ndarray | Sequence
 
 
 def as_tensor(x: ArrayLike, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-    """Convert to a tensor: numpy arrays keep their float dtype, Python numbers and sequences
-    take torch's default dtype (like ``torch.tensor``); ``dtype`` overrides both."""
+    """Convert to a tensor without losing precision: tensors and float numpy arrays keep their
+    dtype; Python numbers, sequences and integer arrays become float64 (as numpy would make
+    them). ``dtype`` overrides. Geometry operations run in the dtype of the points they act on."""
     if isinstance(x, torch.Tensor):
         return x.to(dtype=dtype or x.dtype, device=device or x.device)
-    if isinstance(x, np.ndarray | np.generic):
-        t = torch.as_tensor(x, device=device)
-        if dtype is None and not t.is_floating_point():
-            dtype = torch.get_default_dtype()
-    else:  # Python numbers and sequences take torch's default dtype, as torch.tensor does
-        t = torch.as_tensor(np.asarray(x, dtype=np.float64), device=device)
-        dtype = dtype or torch.get_default_dtype()
+    t = torch.as_tensor(np.asarray(x), device=device)
+    if dtype is None and not t.is_floating_point():
+        dtype = torch.float64
     return t if dtype is None else t.to(dtype)
 
 
@@ -233,25 +230,31 @@ class Pose:
         return Pose.from_Rt(Rt, -(Rt @ self.t[..., None])[..., 0], check=False)
 
     def __matmul__(self, other: Pose) -> Pose:
-        """Composition ``(self @ other)(x) = self(other(x))``; batch shapes broadcast."""
+        """Composition ``(self @ other)(x) = self(other(x))``; batch shapes broadcast, dtypes
+        promote."""
         if not isinstance(other, Pose):
             return NotImplemented
-        R = self.R @ other.R
-        t = (self.R @ other.t[..., None])[..., 0] + self.t
+        dtype = torch.promote_types(self.dtype, other.dtype)
+        a, b = self._data.to(dtype), other._data.to(dtype)
+        Ra, Rb = a[..., :9].unflatten(-1, (3, 3)), b[..., :9].unflatten(-1, (3, 3))
+        R = Ra @ Rb
+        t = (Ra @ b[..., 9:, None])[..., 0] + a[..., 9:]
         return Pose.from_Rt(R, t, check=False)
 
     def transform(self, points: torch.Tensor, return_jacobian: bool = False):
         """Apply the transforms to points.
 
         Args:
-            points: ``(..., N, 3)``; the leading shape broadcasts with the pose batch shape.
+            points: ``(..., N, 3)``; the leading shape broadcasts with the pose batch shape. The
+                result has the points' dtype.
             return_jacobian: also return ``d p' / d (dt, dw)`` ``(..., N, 3, 6)`` of the left
                 perturbation used by :meth:`retract`, i.e. ``[I | -[p']x]``.
         Returns:
             ``p' = R p + t`` ``(..., N, 3)`` [and the Jacobian].
         """
         require_shape(points, "points", last=[None, 3])
-        p = points @ self.R.transpose(-1, -2) + self.t[..., None, :]
+        R, t = self.R.to(points.dtype), self.t.to(points.dtype)
+        p = points @ R.transpose(-1, -2) + t[..., None, :]
         if not return_jacobian:
             return p
         eye = torch.eye(3, dtype=p.dtype, device=p.device).expand(*p.shape[:-1], 3, 3)
