@@ -361,3 +361,14 @@ def test_follows_the_scene_device(device):
     ref = raycast(scene, OPENCV, pose.reshape(1))
     assert g.depth.device.type == device and g.depth.dtype == torch.float32
     assert (g.quad.cpu() != ref.quad).float().mean() < 1e-3
+
+
+def test_rays_beyond_the_distortion_fold_are_invalid_and_finite():
+    scene, pose = random_scene(3)
+    cam = Camera("OPENCV", 64, 48, [30.0, 30.0, 31.5, 23.5, -0.6, 0.0, 0.0, 0.0])
+    _, _, ok = make_rays(cam, pose.reshape(1), return_valid=True)
+    assert 0.1 < ok.float().mean() < 0.9  # the corners lie beyond the fold
+    g = raycast(scene, cam, pose.reshape(1))
+    assert not (g.valid[0, 0] & ~ok[0]).any() and g.valid[0, 0][ok[0]].float().mean() > 0.5
+    for name in ("depth", "points", "normal", "albedo", "ray_dir"):
+        assert torch.isfinite(getattr(g, name)).all(), name

@@ -15,6 +15,7 @@ from dgeo.data.synthetic.trajectories import (
     driving_trajectory,
     handheld_trajectory,
     look_at,
+    nearby_viewpoints,
     random_viewpoints,
 )
 from dgeo.errors import InputError
@@ -300,3 +301,27 @@ def test_trajectories_see_the_scene_from_outside_the_geometry():
         assert float(gb.depth[gb.valid].min()) > 0.3  # not inside or against a surface
         # nothing is seen below the ground: the cameras stand above it
         assert float(gb.points[:, 2][gb.valid[:, 0]].min()) > -1e-3
+
+
+def test_nearby_viewpoints_stay_near_their_bases():
+    scene = street_scene()
+    refs = random_viewpoints(scene, 6, seed=1).double()
+    near = nearby_viewpoints(scene, refs, 40, seed=2, max_shift=1.5, max_yaw_deg=20).double()
+    lo, hi = scene.walkable.double()
+    c = near.center()
+    assert bool(((c >= lo - 1e-6) & (c <= hi + 1e-6)).all())
+    # each view: some base within the shift whose rotation differs by a yaw about world z only
+    dist = (c[:, None] - refs.center()[None]).norm(dim=-1)
+    rel = refs.R[None] @ near.R[:, None].transpose(-1, -2)  # base_cw @ near_wc
+    angle = torch.rad2deg(
+        torch.arccos(((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1))
+    )
+    world_up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    up_b = refs.R @ world_up  # world up seen by each base camera
+    up_n = near.R @ world_up
+    same_up = (up_b[None] - up_n[:, None]).norm(dim=-1) < 1e-9
+    ok = (dist <= 1.5 * math.sqrt(2) + 1e-9) & (angle <= 20 + 1e-6) & same_up
+    assert bool(ok.any(1).all())
+    assert torch.equal(near.data, nearby_viewpoints(scene, refs, 40, seed=2).double().data)
+    with pytest.raises(InputError):
+        nearby_viewpoints(scene, refs[:0], 3)

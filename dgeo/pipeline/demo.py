@@ -1,10 +1,12 @@
-"""The ``dgeo demo`` job: batched robust pose refinement of every image of a synthetic COLMAP scene.
+"""The ``dgeo demo`` job: the built-in synthetic world, end to end, in about a minute on a CPU.
 
-Until the full localization pipeline lands, the demo exercises what is built end to end: a COLMAP
-model is synthesised by pycolmap and written to disk, loaded back as a :class:`ReferenceMap`;
-every image becomes a query whose 2D-3D observations get pixel noise and gross outliers; all
-queries start from perturbed poses and are refined in **one** batched robust Levenberg-Marquardt
-call; results are written in the hloc format and evaluated against the model's poses.
+Until the full localization pipeline lands, the demo runs what is built on the built-in world:
+it renders a street (or room) dataset with ``dgeo synth`` (references with a COLMAP model from
+SIFT keypoints lifted with exact depth, queries under day/night/season conditions), reads it back
+through the same file formats as real data, gives every query its true 2D-3D matches with the
+model (visibility from the query's depth) corrupted by pixel noise and gross outliers, starts
+every query from a perturbed pose and refines all of them in **one** batched robust
+Levenberg-Marquardt call, then writes hloc results and evaluates them against the ground truth.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from dgeo.data.synthetic.dataset import SynthConfig, write_dataset
+from dgeo.data.synthetic.mapping import visible_points
 from dgeo.errors import InputError
 from dgeo.eval import EvalResult, evaluate
-from dgeo.geometry import Pose
-from dgeo.io.colmap import ReferenceMap, load_reference_map, synthesize_reference_map
-from dgeo.io.formats import write_hloc_results
+from dgeo.geometry import Camera, Pose
+from dgeo.io.colmap import load_reference_map
+from dgeo.io.formats import read_hloc_results, read_queries_with_intrinsics, write_hloc_results
 from dgeo.optim import LMOptions, ReprojectionResidual, get_kernel, minimize
 
 
@@ -31,22 +36,27 @@ class DemoConfig:
     """Settings of :func:`run_demo`.
 
     Attributes:
-        num_images: images in the synthetic scene (each one is a query).
-        num_points: 3D points in the scene.
-        camera_model: COLMAP model of the synthetic cameras.
+        scene: ``"street"`` or ``"room"``.
+        references: mapping images.
+        queries: query images per condition.
+        conditions: query conditions.
+        width, height: image size.
         rotation_noise_deg, translation_noise: magnitude of the initial pose perturbation.
         pixel_noise: standard deviation of the Gaussian noise on the 2D observations, pixels.
         outlier_ratio: share of observations replaced by uniformly random pixels.
         kernel, kernel_scale: robust kernel of the refinement and its scale in pixels.
         iterations: maximum LM iterations.
-        seed: seed of pycolmap's synthesis and of the noise.
+        seed: seed of the world and of the noise.
         device: torch device of the refinement.
         dtype: float64 or float32.
     """
 
-    num_images: int = 64
-    num_points: int = 800
-    camera_model: str = "OPENCV"
+    scene: str = "street"
+    references: int = 24
+    queries: int = 8
+    conditions: tuple[str, ...] = ("night", "snow", "dusk")
+    width: int = 320
+    height: int = 240
     rotation_noise_deg: float = 12.0
     translation_noise: float = 0.5
     pixel_noise: float = 1.0
@@ -66,35 +76,43 @@ class DemoResult:
     initial: EvalResult
     refined: EvalResult
     num_queries: int
+    num_points3D: int
     num_observations: int
+    seconds_render: float
     seconds_refine: float
     iterations: torch.Tensor
     files: dict[str, Path]
 
 
-def _noisy_queries(ref: ReferenceMap, cfg: DemoConfig, gen: torch.Generator):
-    """Padded observations ``(B, N, 2)``, ``(B, N, 3)``, mask ``(B, N)`` with noise and outliers."""
-    obs = [ref.observations(i)[:2] for i in range(ref.num_images)]
-    uv = pad_sequence([o[0] for o in obs], batch_first=True)
-    xyz = pad_sequence([o[1] for o in obs], batch_first=True)
-    lengths = torch.tensor([len(o[0]) for o in obs])
+def _true_matches(data: Path, names: list[str], cams: Camera, gt: Pose):
+    """Each query's visible model points: padded ``(B, N, 2)``, ``(B, N, 3)`` and mask."""
+    ref = load_reference_map(data / "sfm")
+    uvs, xyzs = [], []
+    for i, name in enumerate(names):
+        depth = torch.from_numpy(np.load((data / "depth" / name).with_suffix(".npy")))
+        uv, xyz = visible_points(ref, cams[i], gt[i], depth[None])
+        uvs.append(uv)
+        xyzs.append(xyz)
+    lengths = torch.tensor([len(u) for u in uvs])
+    uv = pad_sequence(uvs, batch_first=True)
     mask = torch.arange(uv.shape[1])[None] < lengths[:, None]
+    return uv, pad_sequence(xyzs, batch_first=True), mask, ref.num_points
+
+
+def _corrupt(uv, mask, size, cfg: DemoConfig, gen: torch.Generator) -> torch.Tensor:
+    """Pixel noise on every observation, uniformly random pixels for ``outlier_ratio`` of them."""
     uv = uv + cfg.pixel_noise * torch.randn(uv.shape, generator=gen, dtype=uv.dtype)
-    size = ref.cameras.size[:, None, :].to(uv.dtype)
     random_uv = torch.rand(uv.shape, generator=gen, dtype=uv.dtype) * size - 0.5
     outlier = torch.rand(mask.shape, generator=gen) < cfg.outlier_ratio
-    return torch.where(outlier[..., None], random_uv, uv), xyz, mask
+    return torch.where(outlier[..., None], random_uv, uv)
 
 
 def _perturb(poses: Pose, cfg: DemoConfig, gen: torch.Generator) -> Pose:
     """Rotate each pose by ``rotation_noise_deg`` about a random axis, move its centre by
     ``translation_noise`` in a random direction."""
     b = poses.shape[0]
-    axes = torch.nn.functional.normalize(
-        torch.randn(b, 3, generator=gen, dtype=poses.dtype), dim=-1
-    )
-    dirs = torch.nn.functional.normalize(
-        torch.randn(b, 3, generator=gen, dtype=poses.dtype), dim=-1
+    axes, dirs = torch.nn.functional.normalize(
+        torch.randn(2, b, 3, generator=gen, dtype=poses.dtype), dim=-1
     )
     rot = Pose.from_axis_angle(axes * math.radians(cfg.rotation_noise_deg), torch.zeros_like(axes))
     world_from_cam = poses.inv()
@@ -105,70 +123,86 @@ def _perturb(poses: Pose, cfg: DemoConfig, gen: torch.Generator) -> Pose:
 def run_demo(
     out_dir: str | Path,
     config: DemoConfig | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> DemoResult:
     """Run the demo and write its files into ``out_dir``.
 
-    Writes ``sfm/`` (the synthetic COLMAP model), ``ground_truth.txt``, ``results_initial.txt``
-    and ``results.txt`` (hloc format, world-to-camera).
+    Writes ``data/`` (the rendered dataset, see ``dgeo synth``), ``results_initial.txt`` and
+    ``results.txt`` (hloc format, world-to-camera).
 
     Args:
         out_dir: output folder (created).
         config: :class:`DemoConfig`.
-        progress: called with a short message as each stage starts.
+        progress: ``progress(stage, done, total)``, called as stages advance.
+        overwrite: replace an existing dataset in ``out_dir/data``.
     Returns:
         :class:`DemoResult`.
     """
     cfg = config or DemoConfig()
     if not 0 <= cfg.outlier_ratio < 1:
         raise InputError(f"outlier_ratio must be in [0, 1), got {cfg.outlier_ratio}.")
-    if cfg.num_images < 1 or cfg.num_points < 10:
-        raise InputError("the demo needs at least 1 image and 10 points.")
-    say = progress or (lambda _msg: None)
+    if cfg.queries < 1:
+        raise InputError(f"the demo needs at least 1 query per condition, got {cfg.queries}.")
+    report = progress or (lambda *_: None)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"model": out / "sfm"}
-
-    say("synthesising a COLMAP scene with pycolmap")
-    synth = synthesize_reference_map(
-        cfg.num_images, cfg.num_points, camera_model=cfg.camera_model, seed=cfg.seed
+    data = out / "data"
+    start = time.perf_counter()
+    write_dataset(
+        data,
+        SynthConfig(
+            scene=cfg.scene,
+            seed=cfg.seed,
+            references=cfg.references,
+            queries=cfg.queries,
+            conditions=cfg.conditions,
+            width=cfg.width,
+            height=cfg.height,
+        ),
+        overwrite=overwrite,
+        progress=report,
     )
-    synth.write(files["model"])
-    ref = load_reference_map(files["model"])
+    seconds_render = time.perf_counter() - start
 
-    say("adding noise and outliers to the 2D-3D observations")
+    report("matching queries to the model", 0, 1)
+    names, cams = read_queries_with_intrinsics(data / "queries_with_intrinsics.txt")
+    gt_names, gt = read_hloc_results(data / "queries_gt.txt")
+    uv, xyz, mask, num_points = _true_matches(data, names, cams, gt)
     gen = torch.Generator().manual_seed(cfg.seed)
-    uv, xyz, mask = _noisy_queries(ref, cfg, gen)
-    gt = ref.cam_from_world
+    uv = _corrupt(uv, mask, cams.size[:, None, :].to(uv.dtype), cfg, gen)
     init = _perturb(gt, cfg, gen)
 
-    say(f"refining {ref.num_images} poses in one batched LM call")
+    report(f"refining {len(names)} poses in one batched LM call", 0, 1)
     device, dtype = torch.device(cfg.device), cfg.dtype
     residual = ReprojectionResidual(
-        xyz.to(device, dtype), uv.to(device, dtype), ref.cameras.to(device, dtype)
+        xyz.to(device, dtype), uv.to(device, dtype), cams.to(device, dtype)
     )
-    options = LMOptions(max_iterations=cfg.iterations)
     kernel = get_kernel(cfg.kernel, cfg.kernel_scale)
     start = time.perf_counter()
     result = minimize(
-        residual, init.to(device, dtype), mask=mask.to(device), kernel=kernel, options=options
+        residual,
+        init.to(device, dtype),
+        mask=mask.to(device),
+        kernel=kernel,
+        options=LMOptions(max_iterations=cfg.iterations),
     )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds_refine = time.perf_counter() - start
     refined = result.x.to("cpu", torch.float64)
 
-    say("writing results and evaluating")
-    files["ground_truth"] = write_hloc_results(out / "ground_truth.txt", ref.names, gt)
-    files["initial"] = write_hloc_results(out / "results_initial.txt", ref.names, init)
-    files["results"] = write_hloc_results(out / "results.txt", ref.names, refined)
-    truth = (ref.names, gt)
+    files = {"data": data}
+    files["initial"] = write_hloc_results(out / "results_initial.txt", names, init)
+    files["results"] = write_hloc_results(out / "results.txt", names, refined)
+    truth = (gt_names, gt)
     return DemoResult(
-        initial=evaluate((ref.names, init), truth, "robotcar"),
-        refined=evaluate((ref.names, refined), truth, "robotcar"),
-        num_queries=ref.num_images,
+        initial=evaluate((names, init), truth, "robotcar", group_by="dirname"),
+        refined=evaluate((names, refined), truth, "robotcar", group_by="dirname"),
+        num_queries=len(names),
+        num_points3D=num_points,
         num_observations=int(mask.sum()),
-        seconds_refine=seconds,
+        seconds_render=seconds_render,
+        seconds_refine=seconds_refine,
         iterations=result.iterations.cpu(),
         files=files,
     )

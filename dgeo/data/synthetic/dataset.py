@@ -36,6 +36,7 @@ from dgeo.data.synthetic.scenes import make_scene
 from dgeo.data.synthetic.trajectories import (
     driving_trajectory,
     handheld_trajectory,
+    nearby_viewpoints,
     random_viewpoints,
 )
 from dgeo.data.synthetic.views import Views, render_views
@@ -310,7 +311,7 @@ def write_dataset(
         for k, cond in enumerate(cfg.conditions, start=1):
             if cfg.queries == 0:
                 break
-            poses = random_viewpoints(scene, cfg.queries, seed=cfg.seed + 7919 * k)
+            poses = nearby_viewpoints(scene, ref_poses, cfg.queries, seed=cfg.seed + 7919 * k)
             names = [f"queries/{cond}/q_{i:04d}.png" for i in range(cfg.queries)]
             views = _render_set(
                 scene, camera, poses, cond, _seeds(cfg.seed, k, cfg.queries), cfg, tick

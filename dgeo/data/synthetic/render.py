@@ -14,20 +14,27 @@ three forms ``h = w / 2``, ``c_a = a w - h``, ``c_b = b w - h`` are set up once 
 is ``max(|c_a|, |c_b|) <= h`` and the nearest hit has the largest ``h``. No division, no special
 case for quads behind or straddling the camera.
 
-Culling is conservative, so the result equals testing every ray against every quad:
+Culling is conservative, so the result is that of testing every ray against every quad
+(``cull=False``, up to float32 rounding of the batched products near edges and ties):
 
 * the image is cut into ``tile x tile`` pixel tiles; each tile bounds the normalised coordinates
-  of its (actual, undistorted) rays by a box, so distortion is handled exactly;
-* a (tile, quad) pair survives if every edge form can be >= 0 somewhere in the box, ``h`` can be
-  > 0, and (for quads wholly in front of the camera) the quad's projected bounding box meets the
-  tile's box; for quads in front this is the separating-axis test, i.e. exact;
+  of its actual (undistorted) rays by a box, so any distortion is handled exactly;
+* a (tile, quad) pair survives if every edge form and ``h`` can be > 0 somewhere in the box and,
+  for quads wholly in front of the camera, the quad's projected bounding box meets the box (for
+  those quads this is the separating-axis test: exact up to the margins);
 * a quad that covers a whole tile occludes every quad whose largest ``w`` over the box is below
   its smallest;
 
 each bound widened by a relative margin far above float32 rounding. Tiles are sorted by their
-candidate count and processed in chunks padded to the chunk's largest count, one batched matrix
-product per chunk. The winner's texture is read with :func:`dgeo.geometry.sample` from an atlas
-of the material textures, each padded by one wrapped texel, so bilinear filtering is periodic.
+candidate count (one or two per tile in a street) and processed in chunks padded to the chunk's
+largest count, one batched matrix product per chunk. Undistorted rays and their tiling are
+cached per camera (exact undistortion costs ~1 us a pixel; a trajectory reuses one camera).
+
+Textures follow :mod:`dgeo.data.synthetic.textures`: texel (column ``i``, row ``j``) holds
+``(u, v) = (i / T, j / T)``, with ``(u, v) = (a * repeat_u, b * repeat_v)`` wrapped into
+``[0, 1)``. The winner's albedo is read with :func:`dgeo.geometry.sample` (the one place that
+meets ``grid_sample``) from an atlas of all textures, each extended by its own first row and
+column, so bilinear filtering wraps across seams and never bleeds between materials.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ _MARGIN = 1e-5
 _NEVER = [[0.0, 0.0, -1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]  # forms of no hit
 _RAY_CACHE: OrderedDict[tuple, _Rays] = OrderedDict()
 _RAY_CACHE_SIZE = 4
+TILE = 32  #: default tile size in pixels
 
 
 def make_rays(
@@ -63,7 +71,7 @@ def make_rays(
         camera-frame depth (``origin + t * dir`` lies at z-depth ``t``) [, valid ``(B, H, W)``].
     """
     camera, pose, (h, w) = _check_views(camera, cam_from_world)
-    rays = _camera_rays(camera, h, w, 16, pose.device)
+    rays = _camera_rays(camera, h, w, TILE, pose.device)
     dirs = pose.R.float().transpose(-1, -2) @ rays.r  # (B, 3, H*W): R^T r
     dirs = dirs.transpose(1, 2).reshape(len(pose), h, w, 3)
     valid = rays.ok.expand(len(pose), -1, -1)
@@ -75,7 +83,7 @@ def raycast(
     camera: Camera,
     cam_from_world: Pose,
     *,
-    tile: int = 32,
+    tile: int = TILE,
     chunk_size: int = 1 << 20,
     cull: bool = True,
 ) -> GBuffer:
@@ -362,12 +370,13 @@ def _shade(
         torch.where(ok, 0.5 / hw, zero, out=depth)
         points = torch.addcmul(pose.center()[b].float()[:, None], depth, d)
         torch.where(ok, points, zero, out=g.points[b].view(3, -1))
-        a = attrs[torch.where(ok, b * Q + q, len(attrs) - 1)]  # (HW, 5)
-        g.normal[b] = a[:, :3].T.view(3, h, w)
+        at = attrs[torch.where(ok, b * Q + q, len(attrs) - 1)]  # (HW, 5)
+        g.normal[b] = at[:, :3].T.view(3, h, w)
         m = material[q]
         g.material[b] = m.view(1, h, w)
-        ab = torch.stack([ca * depth, cb * depth], -1).add_(0.5).clamp_(0, 1) * a[:, 3:]
-        albedo = _lookup(atlas, textures.shape[-2:], torch.where(ok, m, len(textures)), ab)
+        ab = torch.stack([ca * depth, cb * depth], -1).add_(0.5).clamp_(0, 1)  # a = c_a t + 1/2
+        texcoord = ab * at[:, 3:]
+        albedo = _lookup(atlas, textures.shape[-2:], torch.where(ok, m, len(textures)), texcoord)
         g.albedo[b] = albedo.T.view(3, h, w)
     return g
 

@@ -473,6 +473,43 @@ def random_viewpoints(scene: Scene, num: int, seed: int = 0) -> Pose:
     raise InputError(f"random_viewpoints supports 'street' and 'room' scenes, got {scene.kind!r}.")
 
 
+def nearby_viewpoints(
+    scene: Scene,
+    poses: Pose,
+    num: int,
+    seed: int = 0,
+    max_shift: float = 1.5,
+    max_yaw_deg: float = 20.0,
+) -> Pose:
+    """Viewpoints near given ones: queries that overlap the mapped references.
+
+    Each view picks one of ``poses`` at random, moves its centre by up to ``max_shift`` metres
+    horizontally (clamped to the walkable box) and turns it about the world's vertical axis by up
+    to ``max_yaw_deg``, as a query driving or walking the mapped route would.
+
+    Args:
+        scene: the scene (its walkable box bounds the centres).
+        poses: :class:`Pose` ``(M,)`` to start from, e.g. the references.
+        num: ``N``.
+        seed: seeds every choice.
+    Returns:
+        :class:`Pose` ``(N,)`` ``cam_from_world`` in the scene's dtype and device.
+    """
+    _check_count(num, "num")
+    if len(poses.shape) != 1 or poses.shape[0] < 1:
+        raise InputError("poses must be a Pose of batch shape (M,) with M >= 1.")
+    g = _generator(seed)
+    base = poses.to("cpu", _DTYPE)[torch.randint(poses.shape[0], (num,), generator=g)]
+    shift = _uniform(g, -max_shift, max_shift, num, 3)
+    shift[:, 2] = 0
+    yaw = torch.deg2rad(_uniform(g, -max_yaw_deg, max_yaw_deg, num))
+    turn = Pose.from_axis_angle(
+        torch.stack([0 * yaw, 0 * yaw, yaw], -1), torch.zeros(num, 3, dtype=_DTYPE)
+    )
+    R = base.R @ turn.R.transpose(-1, -2)  # world_from_cam rotated about the world z axis
+    return _to_scene(R, base.center() + shift, scene)
+
+
 def _street_viewpoints(scene: Scene, n: int, g: torch.Generator) -> Pose:
     d, lat, up = _street_axes(scene)
     wlo, whi = _walkable(scene)
