@@ -172,6 +172,9 @@ def test_ground_plane_depth_matches_closed_form():
     assert torch.equal(g.valid[0, 0], expected)
     torch.testing.assert_close(g.depth[0, 0][expected].double(), t[expected], rtol=1e-5, atol=0)
     assert (g.depth[0, 0][~expected] == 0).all() and (g.quad[0, 0][~expected] == -1).all()
+    assert (g.material[0, 0][~expected] == -1).all()
+    for name in ("points", "normal", "albedo"):  # zero where nothing is hit
+        assert (getattr(g, name)[0][:, ~expected] == 0).all(), name
     torch.testing.assert_close(
         g.points[0].permute(1, 2, 0)[expected].double(), hits[expected], atol=1e-4, rtol=1e-5
     )
@@ -271,10 +274,17 @@ def test_points_project_back_to_the_pixel_centres(camera):
 
 def test_texture_lookup_reads_texels_and_wraps():
     tex = torch.rand(2, 3, 4, 5)  # T_h = 4, T_w = 5
-    m = torch.tensor([1, 1, 0, 1, 1])
+    m = torch.tensor([1, 1, 0, 1, 1, 1])
     # texel (column i, row j) sits at (i / T_w, j / T_h); whole repeats wrap to the same texel
     uv = torch.tensor(
-        [[2 / 5, 3 / 4], [2 / 5 + 3, 3 / 4 - 2], [0.0, 0.0], [1 - 1e-7, 0.5], [0.9, 0.5]]
+        [
+            [2 / 5, 3 / 4],
+            [2 / 5 + 3, 3 / 4 - 2],
+            [0.0, 0.0],
+            [1 - 1e-7, 0.5],
+            [0.9, 0.5],
+            [0.4, 0.875],
+        ]
     )
     out = texture_lookup(tex, m, uv)
     torch.testing.assert_close(out[0], tex[1, :, 3, 2])
@@ -282,6 +292,7 @@ def test_texture_lookup_reads_texels_and_wraps():
     torch.testing.assert_close(out[2], tex[0, :, 0, 0])
     torch.testing.assert_close(out[3], tex[1, :, 2, 0], atol=1e-5, rtol=0)  # wrapped onto 0
     torch.testing.assert_close(out[4], (tex[1, :, 2, 4] + tex[1, :, 2, 0]) / 2)  # seam: no bleed
+    torch.testing.assert_close(out[5], (tex[1, :, 3, 2] + tex[1, :, 0, 2]) / 2)  # along v too
 
 
 def test_albedo_of_a_fronto_parallel_quad_is_the_texel():
@@ -355,12 +366,20 @@ def test_bad_inputs_name_the_input():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_follows_the_scene_device(device):
+def test_follows_the_scene_device_and_ignores_tf32(device):
     scene, pose = random_scene(1)
-    g = raycast(scene.to(device), OPENCV, pose.reshape(1).to(device))
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # TF32 / bf16 matmuls, as in training scripts
+    try:
+        g = raycast(scene.to(device), OPENCV, pose.reshape(1).to(device))
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
     ref = raycast(scene, OPENCV, pose.reshape(1))
     assert g.depth.device.type == device and g.depth.dtype == torch.float32
     assert (g.quad.cpu() != ref.quad).float().mean() < 1e-3
+    same = (g.quad.cpu() == ref.quad).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(g.points.cpu()[same], ref.points[same], atol=1e-4, rtol=1e-5)
 
 
 def test_rays_beyond_the_distortion_fold_are_invalid_and_finite():
@@ -372,3 +391,5 @@ def test_rays_beyond_the_distortion_fold_are_invalid_and_finite():
     assert not (g.valid[0, 0] & ~ok[0]).any() and g.valid[0, 0][ok[0]].float().mean() > 0.5
     for name in ("depth", "points", "normal", "albedo", "ray_dir"):
         assert torch.isfinite(getattr(g, name)).all(), name
+    assert (g.ray_dir[0][:, ~ok[0]] == 0).all()
+    torch.testing.assert_close(g.ray_dir[0].norm(dim=0)[ok[0]], torch.ones(int(ok.sum())))

@@ -83,7 +83,7 @@ def distort(
 
 
 def undistort(
-    uv_d: torch.Tensor, dist: torch.Tensor, iterations: int = 30, tol: float = 1e-12
+    uv_d: torch.Tensor, dist: torch.Tensor, iterations: int = 30, tol: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Invert :func:`distort` by Newton's method, differentiable by implicit differentiation.
 
@@ -93,16 +93,21 @@ def undistort(
     Args:
         uv_d: ``(..., N, 2)`` distorted normalised points.
         dist: ``(..., 8)`` coefficients as in :func:`distort`.
+        iterations: most Newton steps.
+        tol: stop once every step is below this (default: 4 ulps of the dtype at 1).
     Returns:
         undistorted points ``(..., N, 2)`` and convergence validity ``(..., N)``.
     """
+    if tol is None:  # steps below a few ulps of normalised coordinates (~1) are rounding noise
+        tol = 4 * torch.finfo(uv_d.dtype).eps
     with torch.no_grad():
         x = uv_d.detach().clone()
         d = dist.detach()
         for _ in range(iterations):
             y, _, J = distort(x, d, return_jacobian=True)
-            step = torch.linalg.solve_ex(J, (uv_d.detach() - y)[..., None])[0][..., 0]
-            step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+            step = torch.nan_to_num(
+                _solve2x2(J, uv_d.detach() - y), nan=0.0, posinf=0.0, neginf=0.0
+            )
             x = x + step
             if bool((step.abs().amax() < tol).all()):
                 break
@@ -111,8 +116,17 @@ def undistort(
         scale = 1e-9 if x.dtype == torch.float64 else 1e-4
         valid = valid & (err < scale * (1 + uv_d.detach().abs().amax(-1))) & torch.isfinite(err)
     y, _ = distort(x, dist)  # re-evaluated with autograd for gradients to dist
-    x = x + torch.linalg.solve_ex(J, (uv_d - y)[..., None])[0][..., 0]
+    x = x + torch.nan_to_num(_solve2x2(J, uv_d - y))
     return x, valid
+
+
+def _solve2x2(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve ``A x = b`` for ``(..., 2, 2)`` matrices and ``(..., 2)`` vectors (Cramer's rule)."""
+    a, c, e, f = A[..., 0, 0], A[..., 0, 1], A[..., 1, 0], A[..., 1, 1]
+    det = a * f - c * e
+    x0 = (f * b[..., 0] - c * b[..., 1]) / det
+    x1 = (a * b[..., 1] - e * b[..., 0]) / det
+    return torch.stack([x0, x1], -1)
 
 
 class Camera:

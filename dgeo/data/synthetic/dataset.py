@@ -92,7 +92,7 @@ class SynthConfig:
     texture_dir: Path | None = None
     max_keypoints: int = 1024
     label_stride: int = 1
-    batch: int = 8
+    batch: int = 1
 
     def check(self) -> None:
         """Raise :class:`InputError` naming the first bad setting."""

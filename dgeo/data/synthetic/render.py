@@ -40,6 +40,7 @@ column, so bilinear filtering wraps across seams and never bleeds between materi
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -87,17 +88,23 @@ def raycast(
     chunk_size: int = 1 << 20,
     cull: bool = True,
 ) -> GBuffer:
-    """Ray-cast ``B`` views of a scene of quads.
+    """Ray-cast ``B`` views of a scene of quads (not differentiable).
 
     Args:
         scene: the quads and textures; its device sets the device of the result.
-        camera: batch shape ``()`` or ``(B,)``, one image size ``W x H`` for all views.
-        cam_from_world: poses of batch shape ``(B,)`` (or ``()`` for one view).
+        camera: batch shape ``()`` or ``(B,)``, one image size ``W x H`` for all views, any
+            model (distortion included); a shared camera is unprojected once, and cached.
+        cam_from_world: poses of batch shape ``(B,)`` (or ``()`` for one view), on the scene's
+            device.
         tile: tile size in pixels for culling.
         chunk_size: ray-quad tests per batched step (bounds memory: ~20 bytes each).
         cull: ``False`` tests every ray against every quad (the brute-force reference).
     Returns:
-        a :class:`GBuffer` of ``B`` views of ``H x W`` pixels, float32, on the scene's device.
+        a :class:`GBuffer` of ``B`` views of ``H x W`` pixels, float32, on the scene's device;
+        pixels whose ray could not be unprojected (beyond the fold of strong distortion) are
+        invalid with a zero ``ray_dir``.
+    Raises:
+        InputError / ShapeError: naming ``scene``, ``camera`` or ``cam_from_world``.
     """
     if not isinstance(scene, Scene):
         raise InputError(f"scene must be a dgeo Scene, got {type(scene).__name__}.")
@@ -107,6 +114,26 @@ def raycast(
     camera, pose, (h, w) = _check_views(camera, cam_from_world)
     if pose.device != device:
         raise InputError(f"cam_from_world is on {pose.device} but the scene on {device}; move one.")
+    with _ieee_matmul():  # TF32/bf16 matmuls would break the culling margins and the edges
+        return _raycast(scene, camera, pose, h, w, tile, chunk_size, cull)
+
+
+@contextmanager
+def _ieee_matmul():
+    """Full float32 precision for matrix products inside, whatever the global setting."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _raycast(
+    scene: Scene, camera: Camera, pose: Pose, h: int, w: int, tile: int, chunk: int, cull: bool
+) -> GBuffer:
+    """:func:`raycast` after the input checks."""
+    device = scene.origin.device
     B, Q = len(pose), scene.num_quads
     rays = _camera_rays(camera, h, w, tile, device)
     forms, face_normal, qbox = _quad_forms(scene, pose)  # (B, Q, 3, 3), (B, Q, 3), (B, Q, 4)
@@ -116,12 +143,12 @@ def raycast(
     else:
         keep = torch.ones(B, nt, Q, dtype=torch.bool, device=device)
     keep &= rays.tile_ok.expand(B, -1)[..., None]  # (B, NT, Q)
-    quad, vals = _trace(forms.flatten(0, 1), rays.tiles, keep.flatten(0, 1), Bc, chunk_size)
+    quad, vals = _trace(forms.flatten(0, 1), rays.tiles, keep.flatten(0, 1), Bc, chunk)
     hp, wp = -(-h // tile) * tile, -(-w // tile) * tile
     quad = _from_tiles(quad.view(B, nt, -1, 1), tile, hp, wp)[:, 0, :h, :w]  # (B, H, W)
     quad = torch.where(rays.ok, quad, -1)
     vals = _from_tiles(vals.view(B, nt, -1, 3), tile, hp, wp)[..., :h, :w]  # (B, 3, H, W)
-    return _shade(scene, pose, rays.r, quad, vals, face_normal)
+    return _shade(scene, pose, rays.r, rays.ok, quad, vals, face_normal)
 
 
 # ---------------------------------------------------------------------------- inputs and rays
@@ -153,8 +180,8 @@ class _Rays(NamedTuple):
     """Camera rays of ``Bc`` cameras (1 when shared by all views), and their tiling."""
 
     r: torch.Tensor  # (Bc, 3, H*W) float32 (x_n, y_n, 1)
-    ok: torch.Tensor  # (Bc, H, W) bool, unprojection converged
-    tiles: torch.Tensor  # (Bc*NT, P, 3) tile rays; padding and bad rays replaced by good ones
+    ok: torch.Tensor  # (Bc, H, W) bool, unprojection converged (else r = (0, 0, 1))
+    tiles: torch.Tensor  # (Bc*NT, P, 3) tile rays, padded by repeating the last row/column
     box: torch.Tensor  # (Bc, NT, 4) centre x, y and half-widths of each tile's good rays
     tile_ok: torch.Tensor  # (Bc, NT) tile has a good ray
 
@@ -179,7 +206,7 @@ def _camera_rays(camera: Camera, h: int, w: int, tile: int, device: torch.device
     )
     rays, ok = camera.unproject(uv, return_valid=True)
     ok = (ok & torch.isfinite(rays).all(-1)).reshape(-1, h, w)
-    xy = rays[..., :2].float().reshape(-1, h, w, 2)
+    xy = torch.where(ok[..., None], rays[..., :2].float().reshape(-1, h, w, 2), 0.0)
     # tiles of (Bc, NT, P): clamped padding repeats the last row and column
     rows = torch.arange(-(-h // tile) * tile, device=device).clamp(max=h - 1)
     cols = torch.arange(-(-w // tile) * tile, device=device).clamp(max=w - 1)
@@ -190,7 +217,6 @@ def _camera_rays(camera: Camera, h: int, w: int, tile: int, device: torch.device
     tile_ok = tok.any(-1)
     lo, hi = torch.where(tile_ok[..., None], lo, 0.0), torch.where(tile_ok[..., None], hi, 0.0)
     box = torch.cat([(lo + hi) / 2, (hi - lo) / 2], -1)
-    txy = torch.where(tok[..., None], txy, box[:, :, None, :2])  # bad rays: inside the box
     one = torch.ones_like(txy[..., :1])
     out = _Rays(
         r=torch.cat([xy, torch.ones_like(xy[..., :1])], -1).flatten(1, 2).transpose(1, 2),
@@ -325,6 +351,7 @@ def _shade(
     scene: Scene,
     pose: Pose,
     r: torch.Tensor,
+    ray_ok: torch.Tensor,
     quad: torch.Tensor,
     vals: torch.Tensor,
     face_normal: torch.Tensor,
@@ -332,7 +359,8 @@ def _shade(
     """Fill the G-buffer view by view in channel-first planes.
 
     Args:
-        r: ``(Bc, 3, H*W)`` camera-frame rays ``(x_n, y_n, 1)``; quad: ``(B, H, W)`` hit quads
+        r: ``(Bc, 3, H*W)`` camera-frame rays ``(x_n, y_n, 1)``; ray_ok: ``(Bc, H, W)`` where
+            they are defined; quad: ``(B, H, W)`` hit quads
             (-1 for none); vals: ``(B, 3, H, W)`` the hit's ``(h, c_a, c_b)``; face_normal:
             ``(B, Q, 3)`` camera-facing world normals.
     """
@@ -363,9 +391,7 @@ def _shade(
         hw, ca, cb = vals[b].flatten(1)
         d = pose.R[b].float().T @ r[b % len(r)]  # (3, HW) world directions, camera z = 1
         ray_dir = g.ray_dir[b].view(3, -1)
-        torch.mul(d, d.square().sum(0).rsqrt(), out=ray_dir)
-        if not bool(ok.all()):
-            ray_dir.nan_to_num_(0.0, 0.0, 0.0)
+        torch.mul(d, d.square().sum(0).rsqrt() * ray_ok[b % len(r)].flatten(), out=ray_dir)
         depth = g.depth[b].view(-1)
         torch.where(ok, 0.5 / hw, zero, out=depth)
         points = torch.addcmul(pose.center()[b].float()[:, None], depth, d)
