@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dgeo.cli.common import comma_list, stage_progress
 from dgeo.cli.main import app
 from dgeo.eval.report import format_table
 
@@ -52,7 +52,7 @@ def demo(
         scene=scene,
         references=references,
         queries=queries,
-        conditions=tuple(c.strip() for c in conditions.split(",") if c.strip()),
+        conditions=comma_list(conditions),
         outlier_ratio=outliers,
         pixel_noise=noise,
         rotation_noise_deg=rotation,
@@ -62,13 +62,7 @@ def demo(
         device=device,
         dtype=torch.float32 if float32 else torch.float64,
     )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.update(task, description=stage, completed=done, total=total)
-
+    with stage_progress(console) as progress:
         result = run_demo(out, cfg, progress=progress, overwrite=overwrite)
     console.print(format_table(result.initial, title="initial poses"))
     console.print(format_table(result.refined, title="after batched robust LM"))

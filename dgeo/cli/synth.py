@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from dgeo.cli.common import comma_list, stage_progress
 from dgeo.cli.main import app
 
 console = Console()
@@ -51,7 +51,7 @@ def synth(
         seed=seed,
         references=references,
         queries=queries,
-        conditions=tuple(c.strip() for c in conditions.split(",") if c.strip()),
+        conditions=comma_list(conditions),
         sequence_length=sequence_length,
         width=width,
         height=height,
@@ -61,18 +61,7 @@ def synth(
         texture_dir=textures,
         label_stride=label_stride,
     )
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.update(task, description=stage, completed=done, total=total)
-
+    with stage_progress(console) as progress:
         summary = write_dataset(out, cfg, overwrite=overwrite, progress=progress)
     table = Table(title=f"dgeo synth: {summary.path}")
     table.add_column("part")
