@@ -156,7 +156,9 @@ def test_refuses_non_empty_output_and_overwrites_atomically(dataset, tmp_path):
         (dict(scene="forest"), "unknown scene"),
         (dict(conditions=("night", "fog")), "unknown condition"),
         (dict(references=0), "references"),
-        (dict(queries=-1), ">= 0"),
+        (dict(queries=0), "queries"),
+        (dict(conditions=()), "at least one"),
+        (dict(sequence_length=-2), "sequence_length"),
         (dict(label_stride=4), "label_stride"),
     ],
 )
@@ -167,6 +169,9 @@ def test_bad_settings(kwargs, msg, tmp_path):
 
 
 def test_cli(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty_textures"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
     out = tmp_path / "cli"
     res = CliRunner().invoke(
         app,
@@ -189,6 +194,8 @@ def test_cli(tmp_path, monkeypatch, capsys):
         (["--size", "64by48"], "WIDTHxHEIGHT"),
         (["--conditions", "fog"], "unknown condition"),
         (["--textures", str(tmp_path / "none")], "does not exist"),
+        (["--textures", str(empty)], "no readable image"),
+        (["--references", "0"], "references"),
     ):
         monkeypatch.setattr(sys, "argv", ["dgeo", "synth", str(tmp_path / "y"), *args])
         with pytest.raises(SystemExit) as exc:

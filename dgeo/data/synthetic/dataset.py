@@ -105,10 +105,14 @@ class SynthConfig:
             )
         if len(set(self.conditions)) != len(self.conditions):
             raise InputError("conditions are listed twice; name each once.")
+        if not self.conditions:
+            raise InputError("name at least one query condition, e.g. night,snow.")
         if self.references < 2:
             raise InputError(f"references must be at least 2, got {self.references}.")
-        if self.queries < 0 or self.sequence_length < 0:
-            raise InputError("queries and sequence_length must be >= 0.")
+        if self.queries < 1:
+            raise InputError(f"queries (per condition) must be at least 1, got {self.queries}.")
+        if self.sequence_length < 0:
+            raise InputError(f"sequence_length must be >= 0 (0: none), got {self.sequence_length}.")
         if self.width < 16 or self.height < 16:
             raise InputError(f"size must be at least 16x16, got {self.width}x{self.height}.")
         if self.camera_model not in ("SIMPLE_RADIAL", "PINHOLE"):
@@ -309,8 +313,6 @@ def write_dataset(
         q_names: list[str] = []
         q_poses: list[Pose] = []
         for k, cond in enumerate(cfg.conditions, start=1):
-            if cfg.queries == 0:
-                break
             poses = nearby_viewpoints(scene, ref_poses, cfg.queries, seed=cfg.seed + 7919 * k)
             names = [f"queries/{cond}/q_{i:04d}.png" for i in range(cfg.queries)]
             views = _render_set(
@@ -319,11 +321,10 @@ def write_dataset(
             _write_views(tmp, names, views)
             q_names += names
             q_poses.append(poses)
-        if q_names:
-            write_queries_with_intrinsics(
-                tmp / "queries_with_intrinsics.txt", q_names, Camera.stack([camera] * len(q_names))
-            )
-            write_hloc_results(tmp / "queries_gt.txt", q_names, Pose.cat(q_poses))
+        write_queries_with_intrinsics(
+            tmp / "queries_with_intrinsics.txt", q_names, Camera.stack([camera] * len(q_names))
+        )
+        write_hloc_results(tmp / "queries_gt.txt", q_names, Pose.cat(q_poses))
 
         # temporal sequences in KFNet's format
         sequences = {}
@@ -340,7 +341,7 @@ def write_dataset(
         summary = SynthSummary(
             path=out,
             references=cfg.references,
-            queries={c: cfg.queries for c in cfg.conditions} if cfg.queries else {},
+            queries={c: cfg.queries for c in cfg.conditions},
             sequences=sequences,
             points3D=ref_map.num_points,
             mean_track_length=float(lengths.mean()) if len(lengths) else 0.0,
