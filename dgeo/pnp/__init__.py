@@ -1,0 +1,1 @@
+"""Layer 2: minimal and linear absolute-pose solvers and geometric refinement."""
