@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dgeo.data.synthetic.appearance import CONDITIONS
+from dgeo.data.synthetic.conditions import CONDITIONS
 from dgeo.data.synthetic.scenes import make_scene
 from dgeo.data.synthetic.trajectories import random_viewpoints
 from dgeo.data.synthetic.views import render_views

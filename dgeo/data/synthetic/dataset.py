@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from dgeo.data.synthetic.appearance import CONDITIONS
+from dgeo.data.synthetic.conditions import CONDITIONS
 from dgeo.data.synthetic.mapping import build_reference_map
 from dgeo.data.synthetic.scenes import make_scene
 from dgeo.data.synthetic.trajectories import (

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dgeo.data.synthetic.appearance import finish, get_condition, shade
+from dgeo.data.synthetic.appearance import finish, shade
+from dgeo.data.synthetic.conditions import get_condition
 from dgeo.data.synthetic.render import raycast
 from dgeo.data.synthetic.scene import Scene
 from dgeo.errors import InputError
