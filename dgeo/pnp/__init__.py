@@ -1,1 +1,21 @@
 """Layer 2: minimal and linear absolute-pose solvers and geometric refinement."""
+
+from dgeo.pnp.linear import pnp_linear
+from dgeo.pnp.p3p import p3p
+from dgeo.pnp.refine import (
+    RefineResult,
+    pose_covariance,
+    refine_pose,
+    residual_variance,
+    tangent_difference,
+)
+
+__all__ = [
+    "RefineResult",
+    "p3p",
+    "pnp_linear",
+    "pose_covariance",
+    "refine_pose",
+    "residual_variance",
+    "tangent_difference",
+]
