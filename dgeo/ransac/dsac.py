@@ -51,10 +51,11 @@ from typing import Literal
 
 import torch
 
-from dgeo.errors import InputError, ShapeError, require_finite, require_floating, require_shape
+from dgeo.errors import InputError, ShapeError
 from dgeo.geometry import Camera, Pose
 from dgeo.optim import LMOptions, ReprojectionResidual, minimize
 from dgeo.pnp.p3p import p3p
+from dgeo.ransac.checks import check_correspondences
 
 __all__ = ["DSACResult", "dsac_pnp", "pose_loss_dsacstar", "soft_inlier_scores"]
 
@@ -156,7 +157,7 @@ def dsac_pnp(
         InputError: bad shapes, dtypes, non-finite values, fewer than 4 valid correspondences
             in a query, or invalid options.
     """
-    B, N = _check_inputs(points2D, points3D, camera, mask)
+    B, N = check_correspondences(points2D, points3D, camera, mask, finite=True)
     _check_options(
         num_hypotheses, threshold_px, alpha, beta, max_reprojection, max_tries, tries_per_round
     )
@@ -274,7 +275,7 @@ def soft_inlier_scores(
     Returns:
         scores ``(B, H)`` and clamped errors ``(B, H, N)``.
     """
-    B, _ = _check_inputs(points2D, points3D, camera, mask)
+    B, _ = check_correspondences(points2D, points3D, camera, mask, finite=True)
     if not isinstance(poses, Pose) or len(poses.shape) != 2 or poses.shape[0] != B:
         got = tuple(poses.shape) if isinstance(poses, Pose) else type(poses).__name__
         raise ShapeError(f"poses must be a Pose of shape ({B}, H), got {got}.")
@@ -343,39 +344,6 @@ def pose_loss_dsacstar(
 
 
 # ---------------------------------------------------------------------------- checks
-def _check_inputs(
-    points2D: torch.Tensor, points3D: torch.Tensor, camera: Camera, mask: torch.Tensor | None
-) -> tuple[int, int]:
-    """Validate the correspondences, camera and mask; return ``(B, N)``."""
-    require_shape(points2D, "points2D", last=[None, 2], min_dim=3)
-    require_shape(points3D, "points3D", last=[None, 3], min_dim=3)
-    if points2D.dim() != 3 or points3D.dim() != 3 or points2D.shape[:2] != points3D.shape[:2]:
-        raise ShapeError(
-            f"points2D (B, N, 2) and points3D (B, N, 3) must agree, got "
-            f"{tuple(points2D.shape)} and {tuple(points3D.shape)}."
-        )
-    require_floating(points2D, "points2D")
-    require_floating(points3D, "points3D")
-    if points2D.dtype != points3D.dtype:
-        raise InputError(
-            f"points2D and points3D must share a dtype, got {points2D.dtype} and {points3D.dtype}."
-        )
-    require_finite(points2D, "points2D")
-    require_finite(points3D, "points3D")
-    B, N = points2D.shape[:2]
-    if not isinstance(camera, Camera):
-        raise InputError(f"camera must be a dgeo Camera, got {type(camera).__name__}.")
-    if camera.shape not in ((), (B,)):
-        raise ShapeError(f"camera batch shape must be () or ({B},), got {tuple(camera.shape)}.")
-    if mask is not None:
-        require_shape(mask, "mask", last=[B, N])
-        if mask.dim() != 2 or mask.dtype != torch.bool:
-            raise InputError(
-                f"mask must be a ({B}, {N}) bool tensor, got {tuple(mask.shape)} {mask.dtype}."
-            )
-    return B, N
-
-
 def _check_options(
     H: int,
     threshold: float,

@@ -58,13 +58,14 @@ from enum import IntEnum
 
 import torch
 
-from dgeo.errors import InputError, ShapeError, require_floating, require_shape
+from dgeo.errors import InputError
 from dgeo.geometry import Camera, Pose
 from dgeo.geometry.camera import distort
 from dgeo.geometry.pose import skew
 from dgeo.optim import LMOptions, RobustKernel
 from dgeo.pnp.p3p import p3p
 from dgeo.pnp.refine import refine_pose
+from dgeo.ransac.checks import check_correspondences
 
 __all__ = ["PnPReason", "PnPResult", "pnp_ransac"]
 
@@ -227,7 +228,7 @@ def pnp_ransac(
     Raises:
         ShapeError, InputError: malformed arguments (shapes, dtypes, devices, option values).
     """
-    B, N = _check_inputs(points2D, points3D, camera, mask)
+    B, N = check_correspondences(points2D, points3D, camera, mask)
     _check_options(
         threshold_px, confidence, min_iterations, max_iterations, batch_hypotheses, min_inliers,
         pretest_points, refine_iterations,
@@ -270,39 +271,6 @@ def pnp_ransac(
 
 
 # ---------------------------------------------------------------------------------- checks
-def _check_inputs(
-    points2D: torch.Tensor, points3D: torch.Tensor, camera: Camera, mask: torch.Tensor | None
-) -> tuple[int, int]:
-    """Raise on malformed arguments; returns ``(B, N)``."""
-    require_shape(points2D, "points2D", last=[None, 2], min_dim=3)
-    require_shape(points3D, "points3D", last=[None, 3], min_dim=3)
-    if points2D.dim() != 3 or points3D.dim() != 3 or points2D.shape[:2] != points3D.shape[:2]:
-        raise ShapeError(
-            f"points2D (B, N, 2) and points3D (B, N, 3) must agree, got "
-            f"{tuple(points2D.shape)} and {tuple(points3D.shape)}."
-        )
-    require_floating(points2D, "points2D")
-    require_floating(points3D, "points3D")
-    if points2D.dtype != points3D.dtype or points2D.device != points3D.device:
-        raise InputError(
-            f"points2D and points3D must share dtype and device, got {points2D.dtype} on "
-            f"{points2D.device} and {points3D.dtype} on {points3D.device}."
-        )
-    B, N = points2D.shape[:2]
-    if not isinstance(camera, Camera):
-        raise InputError(f"camera must be a dgeo Camera, got {type(camera).__name__}.")
-    if camera.shape not in ((), (B,)):
-        raise ShapeError(f"camera batch shape must be () or ({B},), got {tuple(camera.shape)}.")
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise InputError("mask must be a bool tensor of shape (B, N).")
-        if tuple(mask.shape) != (B, N):
-            raise ShapeError(f"mask must have shape ({B}, {N}), got {tuple(mask.shape)}.")
-        if mask.device != points2D.device:
-            raise InputError(f"mask is on {mask.device}, the points on {points2D.device}.")
-    return B, N
-
-
 def _check_options(
     threshold: float,
     confidence: float,
