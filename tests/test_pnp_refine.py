@@ -11,6 +11,7 @@ import pycolmap
 import pytest
 import torch
 
+from dgeo.data.synthetic.problems import random_pnp_problems
 from dgeo.errors import InputError, ShapeError
 from dgeo.geometry import Camera, Pose, skew
 from dgeo.optim import Cauchy, LMOptions, ReprojectionResidual
@@ -27,21 +28,9 @@ TIGHT = LMOptions(gradient_tolerance=0.0, step_tolerance=1e-14, cost_tolerance=0
 
 
 def make_problem(B, N, noise=1.0, angle_deg=10.0, shift=0.5, seed=0):
-    """Random PINHOLE cameras (~640x480), N points 2-10 m deep, GT pose, perturbed start."""
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *s: torch.rand(*s, generator=g, dtype=F64)  # noqa: E731
-    randn = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
-    f = 450 + 150 * rand(B, 2)
-    c = torch.tensor([319.5, 239.5], dtype=F64) + 10 * randn(B, 2)
-    cam = Camera("PINHOLE", 640, 480, torch.cat([f, c], -1))
-    uv = rand(B, N, 2) * SIZE
-    gt = Pose.from_axis_angle(math.pi * (2 * rand(B, 3) - 1), 3 * randn(B, 3))
-    X = gt.inv().transform(cam.unproject(uv) * (2 + 8 * rand(B, N, 1)))
-    obs = uv + noise * randn(B, N, 2)
-    axis = torch.nn.functional.normalize(randn(B, 3), dim=-1)
-    direction = torch.nn.functional.normalize(randn(B, 3), dim=-1)
-    start = Pose.from_axis_angle(axis * math.radians(angle_deg), shift * direction) @ gt
-    return cam, X, obs, gt, start
+    """Random PINHOLE problems: camera, X, observations, GT pose, perturbed start."""
+    p = random_pnp_problems(B, N, noise=noise, angle_deg=angle_deg, shift=shift, seed=seed)
+    return p.camera, p.points3D, p.points2D, p.gt, p.start
 
 
 def errors(a: Pose, b: Pose) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dgeo.data.synthetic.problems import random_pnp_problems
 from dgeo.errors import InputError, ShapeError
 from dgeo.eval.metrics import pose_errors
 from dgeo.geometry import Camera, Pose
@@ -26,26 +27,11 @@ def make_problems(
     dtype: torch.dtype = torch.float64,
 ):
     """Random PnP problems: camera (B,), uv (B, N, 2), X (B, N, 3), GT poses, median depth."""
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *s: torch.rand(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    randn = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    f = 450 + 150 * rand(B, 1)
-    c = torch.tensor([(W - 1) / 2, (H - 1) / 2], dtype=torch.float64).expand(B, 2)
-    if model == "PINHOLE":
-        cam = Camera("PINHOLE", W, H, torch.cat([f, f, c], -1))
-    else:  # barrel distortion, about 12 px at the corners
-        k = torch.full((B, 1), -0.08, dtype=torch.float64)
-        cam = Camera("SIMPLE_RADIAL", W, H, torch.cat([f, c, k], -1))
-    size = torch.tensor([W - 1.0, H - 1.0], dtype=torch.float64)
-    uv = rand(B, N, 2) * size
-    depth = 2 + 8 * rand(B, N, 1)
-    gt = Pose.from_axis_angle(math.pi * (2 * rand(B, 3) - 1), 3 * randn(B, 3))
-    X = gt.inv().transform(cam.unproject(uv) * depth)
-    uv = uv + noise * randn(B, N, 2)
-    k = round(outliers * N)
-    idx = torch.argsort(rand(B, N), dim=1)[:, :k]
-    uv = uv.scatter(1, idx[..., None].expand(-1, -1, 2), rand(B, k, 2) * size)
-    return cam.to(dtype=dtype), uv.to(dtype), X.to(dtype), gt, depth[..., 0].median(-1).values
+    p = random_pnp_problems(
+        B, N, outlier_ratio=outliers, noise=noise, seed=seed, model=model, width=W, height=H,
+        dtype=dtype,
+    )  # fmt: skip
+    return p.camera, p.points2D, p.points3D, p.gt, p.depth
 
 
 def recovered(pose: Pose, gt: Pose, depth: torch.Tensor) -> torch.Tensor:
