@@ -90,3 +90,30 @@ def require_floating(x: torch.Tensor, name: str):
     """Raise :class:`InputError` unless ``x`` is a floating-point tensor."""
     if not x.is_floating_point():
         raise InputError(f"{name} must be a floating-point tensor, got dtype {x.dtype}.")
+
+
+def require_mask(mask: torch.Tensor | None, name: str, shape: Sequence[int]):
+    """Check an optional per-item bool mask of exactly ``shape`` (e.g. ``(B, N)``); a wrong
+    dtype or shape raises :class:`ShapeError`."""
+    if mask is None:
+        return
+    if (
+        not isinstance(mask, torch.Tensor)
+        or mask.dtype != torch.bool
+        or tuple(mask.shape) != tuple(shape)
+    ):
+        got = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, torch.Tensor) else mask
+        raise ShapeError(f"{name} must be a {tuple(shape)} bool tensor, got {got}.")
+
+
+def require_weights(weights: torch.Tensor | None, name: str, shape: Sequence[int]):
+    """Check optional per-item weights: floating, finite, non-negative, exactly ``shape``."""
+    if weights is None:
+        return
+    if not isinstance(weights, torch.Tensor) or tuple(weights.shape) != tuple(shape):
+        got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+        raise ShapeError(f"{name} must have shape {tuple(shape)}, got {got}.")
+    require_floating(weights, name)
+    require_finite(weights, name)
+    if bool((weights < 0).any()):
+        raise InputError(f"{name} must be non-negative.")

@@ -34,7 +34,15 @@ from typing import Generic, Literal, NamedTuple, TypeVar
 
 import torch
 
-from dgeo.errors import InputError, ShapeError, require_finite, require_floating, require_shape
+from dgeo.errors import (
+    InputError,
+    ShapeError,
+    require_finite,
+    require_floating,
+    require_mask,
+    require_shape,
+    require_weights,
+)
 from dgeo.geometry.pose import Pose
 from dgeo.optim.kernels import RobustKernel, get_kernel
 
@@ -232,21 +240,6 @@ def _check_residuals(out, B: int, dtype: torch.dtype):
             raise ShapeError(f"fn valid must be a (B, N) bool tensor, got {out[2].dtype}.")
 
 
-def _check_per_residual(x: torch.Tensor | None, name: str, shape: tuple[int, int]):
-    if x is None:
-        return
-    require_shape(x, name, last=list(shape))
-    if x.dim() != 2:
-        raise ShapeError(f"{name} must have shape (B, N) = {shape}, got {tuple(x.shape)}.")
-    if name == "weights":
-        require_floating(x, name)
-        require_finite(x, name)
-        if bool((x < 0).any()):
-            raise InputError("weights must be non-negative.")
-    elif x.dtype != torch.bool:
-        raise InputError(f"{name} must be a bool tensor, got {x.dtype}.")
-
-
 def _linearize(out: tuple, kernel, mask, weights) -> _Linearization:
     """Cost, gradient and Gauss-Newton Hessian of every problem from ``fn``'s output."""
     r, J = out[0], out[1]
@@ -283,8 +276,8 @@ def _solve(fn, data, wrap, retract, mask, weights, kernel, opts: LMOptions) -> d
     first = fn(wrap(data))
     _check_residuals(first, B, data.dtype)
     N, K, D = first[1].shape[1:]
-    _check_per_residual(mask, "mask", (B, N))
-    _check_per_residual(weights, "weights", (B, N))
+    require_mask(mask, "mask", (B, N))
+    require_weights(weights, "weights", (B, N))
     if retract is _add and data.shape[1] != D:
         raise ShapeError(
             f"x0 has shape {tuple(data.shape)} but the Jacobians give {D}-dimensional steps; "

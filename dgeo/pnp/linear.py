@@ -40,7 +40,14 @@ from __future__ import annotations
 
 import torch
 
-from dgeo.errors import InputError, ShapeError, require_finite, require_floating, require_shape
+from dgeo.errors import (
+    InputError,
+    ShapeError,
+    require_floating,
+    require_mask,
+    require_shape,
+    require_weights,
+)
 from dgeo.geometry import Camera, Pose
 
 _GN_STEPS = 5
@@ -120,18 +127,12 @@ def _prepare(observations, points3D, camera, mask, weights):
         valid = valid & ok & torch.isfinite(rays).all(-1)
     else:
         rays = obs
+    require_mask(mask, "mask", (B, N))
+    require_weights(weights, "weights", (B, N))
     if mask is not None:
-        if tuple(mask.shape) != (B, N) or mask.dtype != torch.bool:
-            raise ShapeError(f"mask must be a ({B}, {N}) bool tensor, got {tuple(mask.shape)}.")
         valid = valid & mask
     w = valid.to(torch.float64)
     if weights is not None:
-        if tuple(weights.shape) != (B, N):
-            raise ShapeError(f"weights must have shape ({B}, {N}), got {tuple(weights.shape)}.")
-        require_floating(weights, "weights")
-        require_finite(weights, "weights")
-        if bool((weights < 0).any()):
-            raise InputError("weights must be non-negative.")
         w = w * weights.detach().to(torch.float64)
     rays = rays.detach().to(torch.float64)
     norm = rays.norm(dim=-1)

@@ -36,7 +36,14 @@ from dataclasses import dataclass
 
 import torch
 
-from dgeo.errors import InputError, ShapeError, require_finite, require_floating, require_shape
+from dgeo.errors import (
+    InputError,
+    ShapeError,
+    require_floating,
+    require_mask,
+    require_shape,
+    require_weights,
+)
 from dgeo.geometry import Camera, Pose
 from dgeo.optim import LMOptions, ReprojectionResidual, RobustKernel, get_kernel, minimize
 
@@ -125,15 +132,8 @@ def refine_pose(
         raise ShapeError(f"init must be a Pose of batch shape ({B},), got {init!r}.")
     if min_points < 4:
         raise InputError(f"min_points must be >= 4 (2n - 6 > 0), got {min_points}.")
-    if mask is not None and (tuple(mask.shape) != (B, N) or mask.dtype != torch.bool):
-        raise ShapeError(f"mask must be a ({B}, {N}) bool tensor, got {tuple(mask.shape)}.")
-    if weights is not None:
-        if tuple(weights.shape) != (B, N):
-            raise ShapeError(f"weights must have shape ({B}, {N}), got {tuple(weights.shape)}.")
-        require_floating(weights, "weights")
-        require_finite(weights, "weights")
-        if bool((weights < 0).any()):
-            raise InputError("weights must be non-negative.")
+    require_mask(mask, "mask", (B, N))
+    require_weights(weights, "weights", (B, N))
 
     # non-finite data are invalid correspondences, a non-finite start a failed problem
     finite = torch.isfinite(points2D).all(-1) & torch.isfinite(points3D).all(-1)

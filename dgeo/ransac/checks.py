@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from dgeo.errors import InputError, ShapeError, require_finite, require_floating, require_shape
+from dgeo.errors import (
+    InputError,
+    ShapeError,
+    require_finite,
+    require_floating,
+    require_mask,
+    require_shape,
+)
 from dgeo.geometry import Camera
 
 
@@ -47,11 +54,8 @@ def check_correspondences(
         raise InputError(f"camera must be a dgeo Camera, got {type(camera).__name__}.")
     if camera.shape not in ((), (B,)):
         raise ShapeError(f"camera batch shape must be () or ({B},), got {tuple(camera.shape)}.")
+    require_mask(mask, "mask", (B, N))
     if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise InputError(f"mask must be a ({B}, {N}) bool tensor.")
-        if tuple(mask.shape) != (B, N):
-            raise ShapeError(f"mask must have shape ({B}, {N}), got {tuple(mask.shape)}.")
         if mask.device != points2D.device:
             raise InputError(f"mask is on {mask.device}, the points on {points2D.device}.")
     return B, N
