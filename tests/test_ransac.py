@@ -12,6 +12,8 @@ from dgeo.data.synthetic.problems import random_pnp_problems
 from dgeo.errors import InputError, ShapeError
 from dgeo.eval.metrics import pose_errors
 from dgeo.geometry import Camera, Pose
+from dgeo.optim import LMOptions
+from dgeo.pnp import refine_pose
 from dgeo.ransac import PnPReason, PnPResult, pnp_ransac
 
 W, H = 640, 480
@@ -163,6 +165,41 @@ def test_distortion_and_covariance():
     _, e_R, _ = pose_errors(res.pose, gt)
     sd_rot = cov[:, 3:, 3:].diagonal(dim1=-2, dim2=-1).sum(-1).sqrt()
     assert bool((e_R < 6 * sd_rot).all())
+
+
+@pytest.mark.parametrize("kernel", ["cauchy", "huber", None])
+def test_final_refinement_equals_refine_pose(kernel):
+    """Without distortion the final refinement is the lean guarded IRLS of dgeo.ransac.irls:
+    its pose and covariance are those of refine_pose (converged tightly) on the same inliers."""
+    cam, uv, X, _, _ = make_problems(16, 300, 0.4, noise=1.5, seed=5)
+    res = pnp_ransac(uv, X, cam, seed=0, refine_kernel=kernel)
+    assert bool(res.success.all())
+    ref = refine_pose(
+        uv, X, cam, res.pose, mask=res.inliers, kernel=kernel, scale=6.0,
+        options=LMOptions(cost_tolerance=0.0, max_iterations=50),
+    )  # fmt: skip
+    # pnp_ransac stops at a relative cost change of 1e-5 (IRLS converges linearly under robust
+    # kernels): within 1 % of the standard deviation of the estimate
+    e_t, e_R, _ = pose_errors(res.pose, ref.pose)
+    sd = ref.covariance.diagonal(dim1=-2, dim2=-1)
+    assert bool((e_R < 0.01 * sd[:, 3:].sum(-1).sqrt()).all())
+    assert bool(
+        (
+            e_t
+            < 0.01
+            * (ref.pose.R.transpose(-1, -2) @ ref.covariance[:, :3, :3] @ ref.pose.R)
+            .diagonal(dim1=-2, dim2=-1)
+            .sum(-1)
+            .sqrt()
+        ).all()
+    )
+    d_ours, d_ref = (c.diagonal(dim1=-2, dim2=-1) for c in (res.covariance, ref.covariance))
+    torch.testing.assert_close(d_ours, d_ref, rtol=1e-3, atol=0)
+    corr = [
+        c / (d[:, :, None] * d[:, None, :]).sqrt()
+        for c, d in ((res.covariance, d_ours), (ref.covariance, d_ref))
+    ]
+    torch.testing.assert_close(corr[0], corr[1], rtol=0, atol=1e-3)
 
 
 def test_options_and_adaptive_iterations():
