@@ -12,6 +12,10 @@ dgeo pixel convention (top-left pixel centre at (0, 0)) image pixel ``x`` maps t
 
 which is ``x / s + (1 / s - 1) / 2`` for a stride ``s = W / w`` that divides the size. The scale
 is per axis and exact for sizes that a stride does not divide.
+
+Networks that need sizes divisible by their coarsest stride pad the image on the right and bottom
+(pixel coordinates do not change): their levels cover the padded ``canvas_size``, which then sets
+the scale, while ``image_size`` stays the real image, and a point is valid only inside both.
 """
 
 from __future__ import annotations
@@ -52,15 +56,23 @@ class FeaturePyramid:
     Attributes:
         levels: the :class:`FeatureLevel` s, ordered by increasing stride (finest first).
         image_size: ``(H, W)`` of the images the features were computed from.
+        canvas_size: ``(H', W')`` the levels cover: the image padded on the right and bottom
+            (``None``: ``image_size``, no padding).
     """
 
     levels: tuple[FeatureLevel, ...]
     image_size: tuple[int, int]
+    canvas_size: tuple[int, int] | None = None
 
     def __post_init__(self):
         levels = tuple(self.levels)
+        size = (int(self.image_size[0]), int(self.image_size[1]))
+        canvas = size if self.canvas_size is None else tuple(int(v) for v in self.canvas_size)
         object.__setattr__(self, "levels", levels)
-        object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+        object.__setattr__(self, "image_size", size)
+        object.__setattr__(self, "canvas_size", canvas)
+        if canvas[0] < size[0] or canvas[1] < size[1]:
+            raise InputError(f"canvas_size {canvas} must contain image_size {size}.")
         if not levels:
             raise InputError("a FeaturePyramid needs at least one level.")
         b = levels[0].features.shape[0]
@@ -85,17 +97,19 @@ class FeaturePyramid:
         maps: Sequence[torch.Tensor],
         image_size: tuple[int, int],
         confidences: Sequence[torch.Tensor | None] | None = None,
+        canvas_size: tuple[int, int] | None = None,
     ) -> FeaturePyramid:
         """Build from ``(B, C_l, h_l, w_l)`` maps (any order; sorted finest first)."""
         confidences = confidences or [None] * len(maps)
         if len(confidences) != len(maps):
             raise InputError(f"got {len(maps)} maps but {len(confidences)} confidences.")
+        width = (canvas_size or image_size)[1]
         levels = [
-            FeatureLevel(m, c, stride=image_size[1] / m.shape[-1])
+            FeatureLevel(m, c, stride=width / m.shape[-1])
             for m, c in zip(maps, confidences, strict=True)
         ]
         levels.sort(key=lambda lvl: lvl.stride)
-        return cls(tuple(levels), image_size)
+        return cls(tuple(levels), image_size, canvas_size)
 
     def __len__(self) -> int:
         return len(self.levels)
@@ -123,7 +137,7 @@ class FeaturePyramid:
         """``(2,)`` per-axis factor ``(w / W, h / H)`` from image to level pixels."""
         lvl = self.levels[level]
         h, w = lvl.size
-        H, W = self.image_size
+        H, W = self.canvas_size
         return lvl.features.new_tensor([w / W, h / H])
 
     def to_level(self, uv: torch.Tensor, level: int) -> torch.Tensor:
@@ -151,12 +165,18 @@ class FeaturePyramid:
                 level's :func:`~dgeo.geometry.spatial_gradient`, reused across iterations).
             return_gradients: also return gradients w.r.t. the **image** coordinates.
         Returns:
-            features ``(B, *, C)``, valid ``(B, *)``, [gradients ``(B, *, C, 2)``], and, if the
-            level has a confidence map, confidence ``(B, *)`` last (0 where invalid).
+            features ``(B, *, C)``, valid ``(B, *)`` (inside the level's pixel-centre grid and
+            the image's), [gradients ``(B, *, C, 2)``], and, if the level has a confidence map,
+            confidence ``(B, *)`` last (0 where invalid).
         """
         lvl = self.levels[level]
         uv_l = self.to_level(uv, level)
         out = sample(lvl.features, uv_l, mode, return_gradients, gradient_map)
+        if self.canvas_size != self.image_size:  # padding: the real image bounds too
+            H, W = self.image_size
+            x, y = uv[..., 0], uv[..., 1]
+            inside = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
+            out = (out[0], out[1] & inside, *out[2:])
         if return_gradients:
             out = (*out[:2], out[2] * self.scale(level).to(out[2].dtype))
         if lvl.confidence is not None:
@@ -178,7 +198,7 @@ class FeaturePyramid:
             )
             for lvl in self.levels
         )
-        return FeaturePyramid(levels, self.image_size)
+        return FeaturePyramid(levels, self.image_size, self.canvas_size)
 
     def to(self, *args, **kwargs) -> FeaturePyramid:
         return self.map(lambda x: x.to(*args, **kwargs))

@@ -1,0 +1,36 @@
+"""Layer 2: dense feature extractors, each RGB images ``(B, 3, H, W)`` in [0, 1] -> a
+:class:`~dgeo.geometry.FeaturePyramid`.
+
+- :class:`VGGHypercolumn` (:mod:`dgeo.models.vgg`): S2DHM hypercolumns or gn_net VGG levels on a
+  torchvision-layout VGG-16 trunk, with :func:`load_vgg16_weights`.
+- :class:`UNetPyramid` (:mod:`dgeo.models.unet`): the GN-Net / PixLoc U-Net with confidences.
+- :class:`DenseSIFT`, :class:`ImagePyramid` (:mod:`dgeo.models.dense_sift`): weight-free baselines.
+- :func:`save`, :func:`load`, :data:`MODELS`, :func:`build` (:mod:`dgeo.models.io`).
+"""
+
+from dgeo.geometry import FeatureLevel, FeaturePyramid
+from dgeo.models.base import IMAGENET_MEAN, IMAGENET_STD, DenseExtractor
+from dgeo.models.dense_sift import DenseSIFT, ImagePyramid, image_pyramid
+from dgeo.models.io import MODELS, build, load, save
+from dgeo.models.unet import UNetPyramid
+from dgeo.models.vgg import VGG16, VGGHypercolumn, load_vgg16_weights, vgg16_trunk_state_dict
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MODELS",
+    "VGG16",
+    "DenseExtractor",
+    "DenseSIFT",
+    "FeatureLevel",
+    "FeaturePyramid",
+    "ImagePyramid",
+    "UNetPyramid",
+    "VGGHypercolumn",
+    "build",
+    "image_pyramid",
+    "load",
+    "load_vgg16_weights",
+    "save",
+    "vgg16_trunk_state_dict",
+]

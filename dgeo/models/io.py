@@ -1,0 +1,147 @@
+"""Saving and loading dense extractors, and the registry the CLI builds them from.
+
+A dgeo model file is one ``torch.save`` of a plain dict::
+
+    {"format": "dgeo-model", "version": 1, "class": "UNetPyramid",
+     "config": {...JSON types...}, "state_dict": {...tensors...}}
+
+written atomically (:func:`dgeo.io.atomic.atomic_open`) and read back with
+``torch.load(weights_only=True)``, so loading never runs code from the file. The model is rebuilt
+with ``cls(**config)`` and its state dict loaded strictly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dgeo.errors import InputError, ParseError
+from dgeo.io.atomic import atomic_open
+from dgeo.models.base import DenseExtractor, safe_torch_load
+from dgeo.models.dense_sift import DenseSIFT, ImagePyramid
+from dgeo.models.unet import UNetPyramid
+from dgeo.models.vgg import VGGHypercolumn, vgg16_trunk_state_dict
+
+FORMAT = "dgeo-model"
+VERSION = 1
+
+#: CLI names of the dense extractors.
+MODELS: dict[str, type[DenseExtractor]] = {
+    "vgg": VGGHypercolumn,
+    "unet": UNetPyramid,
+    "dense-sift": DenseSIFT,
+    "image": ImagePyramid,
+}
+CLASSES: dict[str, type[DenseExtractor]] = {cls.__name__: cls for cls in MODELS.values()}
+
+
+def build(name: str, **config: Any) -> DenseExtractor:
+    """The extractor registered as ``name`` in :data:`MODELS`, built with ``config``.
+
+    Raises:
+        InputError: unknown name (the message lists the choices) or unknown option.
+    """
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+    cls = MODELS[name]
+    options = [p for p in inspect.signature(cls).parameters if p != "self"]
+    unknown = sorted(set(config) - set(options))
+    if unknown:
+        raise InputError(
+            f"model {name!r} has no option(s) {unknown}; its options are {', '.join(options)}."
+        )
+    return cls(**config)
+
+
+def save(model: DenseExtractor, path: str | Path) -> Path:
+    """Write ``model`` (class name, config and weights) to one file at ``path``, atomically.
+
+    Returns:
+        the path written. Weights are stored on the CPU.
+    """
+    if not isinstance(model, DenseExtractor) or type(model).__name__ not in CLASSES:
+        raise InputError(
+            f"save expects one of the dgeo extractors {', '.join(CLASSES)}, got "
+            f"{type(model).__name__}."
+        )
+    try:
+        config = json.loads(json.dumps(model.config))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{type(model).__name__}.config is not JSON-serialisable: {exc}") from None
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "class": type(model).__name__,
+        "config": config,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
+    return path
+
+
+def _what_is(obj: Any) -> str:
+    """A hint about a loaded object that is not a dgeo model file."""
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if vgg16_trunk_state_dict(obj):
+            return (
+                "looks like a raw VGG-16 state dict: use "
+                "dgeo.models.VGGHypercolumn.from_vgg16_checkpoint(path)."
+            )
+        return (
+            "looks like a raw state dict without dgeo's header: build the model and call "
+            "model.load_state_dict(torch.load(path)), then dgeo.models.save(model, path)."
+        )
+    if isinstance(obj, dict) and any(k in obj for k in ("state_dict", "model_state_dict")):
+        return (
+            "looks like a training checkpoint, not a dgeo model file: for VGG-16 weights use "
+            "dgeo.models.VGGHypercolumn.from_vgg16_checkpoint(path)."
+        )
+    return f"holds a {type(obj).__name__}, not a dgeo model file written by dgeo.models.save."
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> DenseExtractor:
+    """Load an extractor written by :func:`save`, on ``map_location``.
+
+    Raises:
+        DataFileNotFoundError: ``path`` does not exist.
+        ParseError: the file is not a dgeo model (raw state dict, other pickle, truncated or
+            text file, unknown class, config or weights that do not match); the message names
+            the file and what to do.
+    """
+    hint = "pass a file written by dgeo.models.save."
+    obj = safe_torch_load(path, "dgeo model file", hint)
+    path = Path(path)
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ParseError(path, None, _what_is(obj))
+    version = obj.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise ParseError(
+            path,
+            None,
+            f"has format version {version!r}; this dgeo reads up to {VERSION}, upgrade dgeo.",
+        )
+    name, config, state = obj.get("class"), obj.get("config"), obj.get("state_dict")
+    if name not in CLASSES:
+        raise ParseError(
+            path, None, f"holds an unknown model class {name!r}; known: {', '.join(CLASSES)}."
+        )
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise ParseError(path, None, "lacks a 'config' or 'state_dict' dict; save it again.")
+    try:
+        model = CLASSES[name](**config)
+    except (TypeError, InputError) as exc:
+        raise ParseError(path, None, f"has a config that {name} rejects: {exc}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ParseError(
+            path, None, f"has weights that do not fit {name}({config}): {first}"
+        ) from None
+    return model.to(torch.device(map_location))
