@@ -10,6 +10,22 @@ from dgeo.errors import ShapeError, require_finite, require_shape
 from dgeo.geometry import Camera, Pose
 
 
+def chain_pose_jacobian(J_point: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Chain Jacobians w.r.t. a transformed point with ``d p / d (dt, dw) = [I | -[p]x]``.
+
+    ``J_point @ [I | -[p]x]`` without tiny batched matmuls: since ``-a^T [p]x = (p x a)^T``, a
+    row ``a`` maps to ``[a | p x a]`` (the tangent of :meth:`Pose.retract`, translation first).
+
+    Args:
+        J_point: ``(..., K, 3)`` Jacobians of ``K`` outputs w.r.t. the camera-frame point.
+        p: ``(..., 3)`` the camera-frame point ``R X + t``.
+    Returns:
+        ``(..., K, 6)`` Jacobians w.r.t. ``(dt, dw)``.
+    """
+    J_rot = torch.linalg.cross(p[..., None, :].expand_as(J_point), J_point, dim=-1)
+    return torch.cat([J_point, J_rot], -1)
+
+
 @dataclass(frozen=True)
 class ReprojectionResidual:
     """Reprojection error of known 3D points for absolute pose: ``fn`` for :func:`minimize`.
@@ -53,6 +69,4 @@ class ReprojectionResidual:
         uv, valid, J_proj = self.camera.project(
             p, return_jacobian=True, check_bounds=self.check_bounds
         )
-        # J_proj @ [I | -[p]x] without the (B, N) tiny matmuls: a row a maps to [a | p x a]
-        J_rot = torch.linalg.cross(p[..., None, :].expand_as(J_proj), J_proj, dim=-1)
-        return uv - self.points2D, torch.cat([J_proj, J_rot], -1), valid
+        return uv - self.points2D, chain_pose_jacobian(J_proj, p), valid

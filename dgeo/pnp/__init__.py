@@ -1,5 +1,12 @@
-"""Layer 2: minimal and linear absolute-pose solvers and geometric refinement."""
+"""Layer 2: minimal and linear absolute-pose solvers, geometric and feature-metric refinement."""
 
+from dgeo.pnp.featuremetric import (
+    FeatureMetricReason,
+    FeatureMetricResidual,
+    FeatureMetricResult,
+    refine_featuremetric,
+    refine_photometric,
+)
 from dgeo.pnp.linear import pnp_linear
 from dgeo.pnp.p3p import p3p
 from dgeo.pnp.refine import (
@@ -11,10 +18,15 @@ from dgeo.pnp.refine import (
 )
 
 __all__ = [
+    "FeatureMetricReason",
+    "FeatureMetricResidual",
+    "FeatureMetricResult",
     "RefineResult",
     "p3p",
     "pnp_linear",
     "pose_covariance",
+    "refine_featuremetric",
+    "refine_photometric",
     "refine_pose",
     "residual_variance",
     "tangent_difference",

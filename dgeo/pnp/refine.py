@@ -199,9 +199,11 @@ def residual_variance(
     """The variance factor ``sigma^2`` of a robust least-squares fit (see the module docstring).
 
     ``sigma^2 = sum w rho'^2 s / (k n - p) * E_w[rho'] / E_w[psi']^2 * K^2`` with
-    ``psi' = rho' + rho'' s``, ``K = 1 + p / (k n) Var_w[psi'] / E_w[psi']^2``, ``k =
+    ``psi' = rho' + (2 / k) rho'' s``, ``K = 1 + p / (k n) Var_w[psi'] / E_w[psi']^2``, ``k =
     residual_dim`` and ``p = num_params``; for the trivial kernel ``sum w s / (k n - p)``.
-    Multiply the inverse IRLS Hessian ``(sum w rho' J^T J)^-1`` by it.
+    Multiply the inverse IRLS Hessian ``(sum w rho' J^T J)^-1`` by it. ``psi'`` is the expected
+    slope ``E[rho' I + 2 rho'' r r^T]`` of a block's score for isotropic ``k``-dimensional
+    residuals (``r r^T ~ s I / k``): ``rho' + rho'' s`` for reprojection errors (``k = 2``).
 
     Args:
         sq_norms: ``(B, N)`` squared residual norms ``s`` at the solution.
@@ -223,7 +225,7 @@ def residual_variance(
     wsum = w.sum(-1).clamp_min(torch.finfo(s.dtype).tiny)
     score = (w * d1 * d1 * s).sum(-1) / dof.clamp_min(1).to(s.dtype)
     mean_d1 = (w * d1).sum(-1) / wsum
-    slope = d1 + d2 * s  # psi' per residual block
+    slope = d1 + (2 / residual_dim) * d2 * s  # psi' per residual block
     mean_slope = (w * slope).sum(-1) / wsum
     var_slope = (w * (slope - mean_slope[:, None]).square()).sum(-1) / wsum
     # clamped for kernels whose slope can turn negative (Tukey, Barron with alpha < 0)
