@@ -4,6 +4,7 @@
   cameras, poses, :class:`ReferenceMap`.
 - :mod:`dgeo.io.formats`: hloc query lists and results, KFNet inputs and outputs.
 - :mod:`dgeo.io.atomic`: atomic writes used by every writer here.
+- :mod:`dgeo.io.images`: image files to tensors at a working resolution, with their cameras.
 """
 
 from dgeo.io.atomic import atomic_directory, atomic_open, atomic_write_lines, atomic_write_text

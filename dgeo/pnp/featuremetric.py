@@ -8,8 +8,9 @@
     r_i = sqrt(c_q(u_i)) (F_q(u_i) - f_ref,i)             (C_l-vector)
     J_i = sqrt(c_q(u_i)) dF/du (C_l x 2) @ dpi/dp (2 x 3) @ [I | -[p]x] (3 x 6)
 
-``dF/du`` is the level's central-difference gradient (:func:`dgeo.geometry.spatial_gradient`,
-computed once per level) sampled at ``u`` and scaled to image pixels by the pyramid. A point is
+``dF/du`` is the level's central-difference gradient (:func:`dgeo.geometry.spatial_gradient`)
+at ``u``, sampled as differences of the map one level pixel around ``u`` (no gradient map of
+the whole level is ever built), and scaled to image pixels by the pyramid. A point is
 valid when it lies more than 1 mm in front of the camera, inside the distortion domain, at least
 ``pad`` level pixels inside the level's pixel-centre grid and its features are finite.
 
@@ -31,14 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 import torch
 import torch.nn.functional as F
 
 from dgeo.errors import InputError, ShapeError, require_mask, require_shape, require_weights
-from dgeo.geometry import Camera, FeaturePyramid, Pose, sample, spatial_gradient
+from dgeo.geometry import Camera, FeaturePyramid, Pose, sample
 from dgeo.optim import LMOptions, RobustKernel, get_kernel, minimize
 from dgeo.optim.residuals import chain_pose_jacobian
 from dgeo.pnp.refine import pose_covariance, residual_variance
@@ -95,12 +96,22 @@ class FeatureMetricResult:
         return [FeatureMetricReason(int(r)) for r in self.reason.tolist()]
 
 
+# the point and its four neighbours one level pixel away: central differences of the bilinear
+# map at the point, i.e. the bilinearly interpolated spatial_gradient, without computing the
+# gradient of the whole map (what matters for large maps and few points)
+_STENCIL = ((0.0, 0.0), (1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
+
+
 @dataclass(frozen=True)
 class FeatureMetricResidual:
     """Feature-metric residual of one pyramid level: ``fn`` for :func:`minimize`.
 
-    The level's features, their :func:`spatial_gradient` and its confidence are stacked once at
-    construction, so that every evaluation is one ``grid_sample`` at the points.
+    Every evaluation samples the level at the projections and at their four neighbours one level
+    pixel away in one ``grid_sample``: the central differences ``(F(u + e) - F(u - e)) / 2`` are
+    exactly the bilinearly interpolated :func:`dgeo.geometry.spatial_gradient` for points at
+    least one level pixel inside the border (``pad >= 1``, the default; closer to the border the
+    replicated border makes them one-sided approximations). The cost is ``5 N C`` samples per
+    evaluation, whatever the size of the map.
 
     Attributes:
         query: the query :class:`FeaturePyramid` (batch ``B``).
@@ -109,8 +120,6 @@ class FeatureMetricResidual:
         ref_features: ``(B, N, C)`` finite reference descriptors of the level.
         camera: :class:`Camera` ``()`` or ``(B,)`` in image pixels of the query.
         pad: level pixels to keep away from the border of the pixel-centre grid.
-        gradient_map: the level's :func:`spatial_gradient` ``(B, C, 2, h, w)`` (computed here if
-            None).
     """
 
     query: FeaturePyramid
@@ -119,17 +128,6 @@ class FeatureMetricResidual:
     ref_features: torch.Tensor
     camera: Camera
     pad: float = 1.0
-    gradient_map: torch.Tensor | None = None
-    _maps: torch.Tensor = field(init=False, repr=False)
-
-    def __post_init__(self):
-        lvl = self.query[self.level]
-        b, c, h, w = lvl.features.shape
-        grad = spatial_gradient(lvl.features) if self.gradient_map is None else self.gradient_map
-        parts = [lvl.features, grad.reshape(b, 2 * c, h, w)]
-        if lvl.confidence is not None:
-            parts.append(lvl.confidence)
-        object.__setattr__(self, "_maps", torch.cat(parts, 1))
 
     def __call__(self, pose: Pose) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Residuals ``(B, N, C)``, Jacobians ``(B, N, C, 6)``, validity ``(B, N)`` at ``pose``."""
@@ -137,19 +135,25 @@ class FeatureMetricResidual:
         uv, valid, J_proj = self.camera.project(
             p, return_jacobian=True, check_bounds=False, min_depth=_MIN_DEPTH
         )
+        lvl = self.query[self.level]
         uv_l = self.query.to_level(uv, self.level)
-        values, inside = sample(self._maps, uv_l)
-        h, w = self.query[self.level].size
+        stencil = uv_l.new_tensor(_STENCIL)  # (5, 2)
+        values, _ = sample(lvl.features, uv_l[..., None, :] + stencil)  # (B, N, 5, C)
+        h, w = lvl.size
+        H, W = self.query.image_size  # the real image (the level may cover padding too)
         hi = uv_l.new_tensor([w - 1.0, h - 1.0]) - self.pad
-        valid = valid & inside & ((uv_l >= self.pad) & (uv_l <= hi)).all(-1)
-        c = self.ref_features.shape[-1]
-        r = values[..., :c] - self.ref_features
+        inside = ((uv_l >= self.pad) & (uv_l <= hi)).all(-1)
+        inside = inside & ((uv >= 0) & (uv <= uv.new_tensor([W - 1.0, H - 1.0]))).all(-1)
+        valid = valid & inside
+        r = values[..., 0, :] - self.ref_features
         # d F / d uv_image = d F / d uv_level * scale, then chained to the pose: (B, N, C, 6)
-        grad = values[..., c : 3 * c].unflatten(-1, (c, 2)) * self.query.scale(self.level)
+        scale = self.query.scale(self.level).to(values.dtype) * 0.5
+        gx = (values[..., 1, :] - values[..., 2, :]) * scale[0]
+        gy = (values[..., 3, :] - values[..., 4, :]) * scale[1]
         J_uv = chain_pose_jacobian(J_proj, p)  # (B, N, 2, 6)
-        J = grad[..., 0, None] * J_uv[..., None, 0, :] + grad[..., 1, None] * J_uv[..., None, 1, :]
-        if values.shape[-1] > 3 * c:  # query confidence: sqrt(c_q) folded in, constant in J
-            conf = values[..., 3 * c]
+        J = gx[..., None] * J_uv[..., None, 0, :] + gy[..., None] * J_uv[..., None, 1, :]
+        if lvl.confidence is not None:  # query confidence: sqrt(c_q) folded in, constant in J
+            conf = sample(lvl.confidence, uv_l)[0][..., 0]
             valid = valid & (conf > 0)
             s = torch.sqrt(conf.clamp_min(0))[..., None]
             r, J = r * s, J * s[..., None]
@@ -237,8 +241,7 @@ def refine_featuremetric(
         ref = torch.where(ref_ok[..., None], ref, 0.0)
         weights = None if confs[level] is None else confs[level].to(dtype=dtype, device=device)
         use = base & ref_ok & alive[:, None]
-        with torch.set_grad_enabled(grad_on):  # stacks the level's maps and gradients once
-            fn = FeatureMetricResidual(query, level, points3D, ref, camera, pad)
+        fn = FeatureMetricResidual(query, level, points3D, ref, camera, pad)
         lm = dataclasses.replace(opts, max_iterations=n_iter, unroll=unroll, min_valid=min_points)
         if i > 0 and (detach_between_levels or not unroll):
             x = x.detach()
