@@ -20,6 +20,8 @@ def test_level_transform_matches_pooling():
     torch.testing.assert_close(f, expected)
     assert valid.all()
     torch.testing.assert_close(pyr.to_image(pyr.to_level(uv, 1), 1), uv)
+    # integer pixels are promoted, not truncated
+    torch.testing.assert_close(pyr.to_image(ij.long(), 1), (4 * ij + 1.5).to(torch.float64))
 
 
 def test_gradients_are_wrt_image_pixels():

@@ -141,11 +141,13 @@ class FeaturePyramid:
         return lvl.features.new_tensor([w / W, h / H])
 
     def to_level(self, uv: torch.Tensor, level: int) -> torch.Tensor:
-        """Image pixels ``(..., 2)`` to pixels of ``level``."""
+        """Image pixels ``(..., 2)`` to pixels of ``level`` (integer input gives floats)."""
+        uv = uv if uv.is_floating_point() else uv.to(self.levels[level].features.dtype)
         return (uv + 0.5) * self.scale(level).to(uv.dtype) - 0.5
 
     def to_image(self, uv: torch.Tensor, level: int) -> torch.Tensor:
-        """Pixels ``(..., 2)`` of ``level`` to image pixels."""
+        """Pixels ``(..., 2)`` of ``level`` to image pixels (integer input gives floats)."""
+        uv = uv if uv.is_floating_point() else uv.to(self.levels[level].features.dtype)
         return (uv + 0.5) / self.scale(level).to(uv.dtype) - 0.5
 
     def sample(
