@@ -14,13 +14,14 @@ about a random axis / metres along a random direction of the camera centre, seed
 ``ransac8``: :func:`dgeo.ransac.pnp_ransac` (12 px) on the true matches with the query pixels
 snapped to the centres of an 8-px grid, the quantisation of S2DHM's hypercolumn matches.
 
-Methods: ``dense-sift`` (:class:`dgeo.models.DenseSIFT`, strides 1, 2, 4), ``unet-random``
+Methods: ``dense-sift`` (:class:`dgeo.models.DenseSIFT`, strides 1, 4, 16), ``unet-random``
 (:class:`dgeo.models.UNetPyramid` with seed 0 and no training), ``photometric`` (the RGB image
 pyramid, :class:`dgeo.models.ImagePyramid`, strides 1, 2, 4: what
 :func:`dgeo.pnp.refine_photometric` runs), and trained models given by ``--unet-weights`` (a
 ``dgeo.models.save`` file) or ``--vgg-weights`` (a VGG-16 checkpoint; S2DHM hypercolumns). Every
 method refines the same starts with :func:`dgeo.pnp.refine_featuremetric` (PixLoc's Barron
-kernel at 0.1, 100 LM iterations per level, coarse to fine).
+kernel at the extractor's ``kernel_scale``: 0.1, PixLoc's, for learned features and images, 0.3
+for dense SIFT; 100 LM iterations per level, coarse to fine).
 
 Columns: success (rotation < 0.5 degrees and camera position < 5 cm), median rotation/position
 error at the start and at the end, and their ratio (start / end; a ratio of 3 is a 3x cut),
@@ -174,11 +175,12 @@ def reference_features(pyr: FeaturePyramid, uv: torch.Tensor):
     return feats, (None if confs[0] is None else confs)
 
 
-def refine(pyr, world: World, feats, confs, init: Pose, sl=slice(None)):
+def refine(pyr, world: World, feats, confs, init: Pose, sl=slice(None), scale: float = 0.1):
     sub = pyr if sl == slice(None) else pyr.select(sl)
     return refine_featuremetric(
         sub, world.points[sl], [f[sl] for f in feats], world.camera, init[sl].float(),
         world.mask[sl], ref_confidence=None if confs is None else [c[sl] for c in confs],
+        scale=scale,
     )  # fmt: skip
 
 
@@ -214,20 +216,26 @@ def run(args) -> list[dict]:
             for cond, rgb in world.query_rgb.items():
                 pyr = model(rgb)
                 for s, init in starts.items():
-                    rows.append(_measure(name, cond, s, world, pyr, feats, confs, init, args))
+                    rows.append(
+                        _measure(
+                            name, cond, s, world, pyr, feats, confs, init, args, model.kernel_scale
+                        )
+                    )
                     rows[-1]["ms_extract"] = 1e3 * t_ex / B
                     console.print(f"{name:12s} {cond:20s} {s:8s} success {rows[-1]['success']:.1%}")
     return rows
 
 
-def _measure(name, cond, start, world, pyr, feats, confs, init, args) -> dict:
+def _measure(name, cond, start, world, pyr, feats, confs, init, args, scale) -> dict:
     """Refine every query in one call and the first ``--single`` one by one; one row."""
     B = world.points.shape[0]
-    t_batch, res = timed(lambda: refine(pyr, world, feats, confs, init))
+    t_batch, res = timed(lambda: refine(pyr, world, feats, confs, init, scale=scale))
     k = min(args.single, B)
     t_one = 0.0
     for b in range(k):
-        t_one += timed(lambda b=b: refine(pyr, world, feats, confs, init, slice(b, b + 1)))[0]
+        t_one += timed(lambda b=b: refine(pyr, world, feats, confs, init, slice(b, b + 1), scale))[
+            0
+        ]
     return _row(name, cond, start, world.gt, init, res, t_one / k, t_batch / B)
 
 

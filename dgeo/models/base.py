@@ -32,11 +32,14 @@ class DenseExtractor(nn.Module):
     Subclasses set ``name`` (their key in :data:`dgeo.models.MODELS`), store their constructor
     arguments in ``self.config`` (JSON types only), set ``self.min_size`` (the smallest image side
     they accept) and implement :meth:`extract`. ``learned`` says whether the weights are
-    parameters the input must share a device and dtype with.
+    parameters the input must share a device and dtype with. ``kernel_scale`` is the scale of
+    the robust kernel that suits the features' residual norms in feature-metric refinement
+    (PixLoc's 0.1 for learned unit features).
     """
 
     name: ClassVar[str] = ""
     learned: ClassVar[bool] = True
+    kernel_scale: ClassVar[float] = 0.1
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,0 +1,425 @@
+"""The localizer: retrieval -> sparse-to-dense matching -> PnP-RANSAC -> feature-metric refinement.
+
+:class:`Localizer` assembles S2DHM (hypercolumn-style dense features, sparse-to-dense matching
+against the keypoints of retrieved references that have a 3D point, PnP-RANSAC, best candidate
+by inliers) with the GN-Net / PixLoc feature-metric refinement, batched over queries:
+
+1. every query is read at the working resolution (longest side ``max_size``; the camera follows
+   through :meth:`Camera.scale`, so poses are poses of the original camera) and its
+   :class:`~dgeo.geometry.FeaturePyramid` extracted;
+2. retrieval: top-k references by global descriptor (GeM or NetVLAD over one pyramid level), or
+   by a pose prior;
+3. matching: the cached descriptors of each candidate's keypoints are correlated with the whole
+   query map of the matching level (:func:`dgeo.matching.match_sparse_to_dense`);
+4. RANSAC: :func:`dgeo.ransac.pnp_ransac` on all candidates of all queries in one call; the
+   candidate with most inliers wins;
+5. refinement: :func:`dgeo.pnp.refine_featuremetric` from the RANSAC pose on the winner's inlier
+   points, their reference descriptors on every level, coarse to fine; the refined pose is kept
+   if it still explains at least ``keep_inliers`` of the RANSAC inliers;
+6. a query whose candidates all fail gets the pose of its top retrieved reference, flagged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dgeo.errors import InputError
+from dgeo.geometry import Camera, FeaturePyramid, Pose
+from dgeo.io.colmap import ReferenceMap
+from dgeo.io.images import check_image_size, resize_max
+from dgeo.matching import global_descriptors, match_sparse_to_dense, retrieve, retrieve_by_pose
+from dgeo.models import DenseExtractor, DenseSIFT, UNetPyramid, VGGHypercolumn, build, load
+from dgeo.pipeline.references import ReferenceIndex, make_pooling, reference_index
+from dgeo.pnp import refine_featuremetric
+from dgeo.ransac import pnp_ransac
+
+FEATURES = ("dense-sift", "unet", "vgg", "image")
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Settings of :class:`Localizer`.
+
+    Attributes:
+        features: ``"dense-sift"`` (weight-free), ``"unet"`` (a ``dgeo.models.save`` file in
+            ``weights``; random weights without), ``"vgg"`` (a VGG-16 checkpoint in ``weights``:
+            S2DHM hypercolumns) or ``"image"`` (raw pixels).
+        weights: path of the model weights, if any.
+        max_size: longest image side the work runs at (``None``: full size).
+        top_k: references retrieved per query.
+        pooling: global descriptor, ``"gem"`` or ``"netvlad"`` (k-means on the references).
+        retrieval_level: pyramid level pooled for retrieval (default the coarsest).
+        match_level: pyramid level of sparse-to-dense matching (``None``: the stride closest to
+            4, S2DHM's hypercolumn cell).
+        ratio: S2DHM's modified ratio test threshold (kept: ``s_k <= ratio^2 s_1``).
+        threshold_px: RANSAC inlier threshold at the working resolution.
+        min_inliers: fewest RANSAC inliers of a successful candidate.
+        refine: run the feature-metric refinement.
+        refine_iterations: LM iterations per level.
+        keep_inliers: share of the RANSAC inliers the refined pose must keep within
+            ``threshold_px``, else the RANSAC pose stays.
+        seed: RANSAC seed (results are deterministic).
+    """
+
+    features: str = "dense-sift"
+    weights: str | None = None
+    max_size: int | None = 640
+    top_k: int = 10
+    pooling: str = "gem"
+    retrieval_level: int = -1
+    match_level: int | None = None
+    ratio: float = 0.9
+    threshold_px: float = 12.0
+    min_inliers: int = 12
+    refine: bool = True
+    refine_iterations: int = 30
+    keep_inliers: float = 0.8
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.features not in FEATURES:
+            raise InputError(
+                f"features must be one of {', '.join(FEATURES)}, got {self.features!r}."
+            )
+        if self.top_k < 1 or self.min_inliers < 4:
+            raise InputError(
+                f"need top_k >= 1 and min_inliers >= 4, got {self.top_k}, {self.min_inliers}."
+            )
+
+
+@dataclass
+class LocalizationResult:
+    """The outcome for one query.
+
+    Attributes:
+        name: the query's name.
+        pose: ``cam_from_world`` :class:`Pose` ``()`` float64 (the fallback pose if not success).
+        success: a candidate gave at least ``min_inliers`` inliers.
+        reason: ``"ok"``, ``"no-candidate"`` (every candidate failed; pose of the top retrieved
+            reference), or an error message.
+        refined: the feature-metric refinement was applied and kept.
+        num_matches, num_inliers: sparse-to-dense matches and RANSAC inliers of the winner.
+        retrieved: names of the retrieved references, best first.
+        reference: the winning reference (or None).
+        matches: ``(M, 2)`` query pixels (original resolution) of the winner's matches.
+        points: ``(M,)`` int64 indices into the map's points of those matches.
+        inliers: ``(M,)`` bool RANSAC inliers among them.
+        timings: seconds per stage (batched stages divided by the batch size).
+    """
+
+    name: str
+    pose: Pose
+    success: bool
+    reason: str
+    refined: bool = False
+    num_matches: int = 0
+    num_inliers: int = 0
+    retrieved: list[str] = field(default_factory=list)
+    reference: str | None = None
+    matches: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    inliers: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """A JSON-friendly summary (for the run log)."""
+        return {
+            "name": self.name, "success": self.success, "reason": self.reason,
+            "refined": self.refined, "num_matches": self.num_matches,
+            "num_inliers": self.num_inliers, "reference": self.reference,
+            "retrieved": self.retrieved, "timings": self.timings,
+        }  # fmt: skip
+
+
+def make_extractor(config: LocalizerConfig) -> DenseExtractor:
+    """The dense extractor a config names (weights are loaded, never downloaded)."""
+    if config.features == "dense-sift":
+        return DenseSIFT()
+    if config.features == "image":
+        return build("image")
+    if config.features == "unet":
+        return load(config.weights) if config.weights else UNetPyramid(seed=0)
+    if not config.weights:
+        raise InputError("features 'vgg' need --weights: a VGG-16 checkpoint (.pth/.pth.tar).")
+    return VGGHypercolumn.from_vgg16_checkpoint(config.weights)
+
+
+@dataclass
+class _Query:
+    name: str
+    camera: Camera  # () original
+    work_camera: Camera  # () working resolution
+    pyramid: FeaturePyramid
+    prior: Pose | None
+    timings: dict[str, float]
+
+
+class Localizer:
+    """Localize query images against a COLMAP model and its images (see the module docstring).
+
+    Args:
+        reference: the :class:`ReferenceMap`.
+        images_dir: folder holding the reference images by the names in the model.
+        config: :class:`LocalizerConfig`.
+        extractor: a dense extractor (default: the one ``config`` names).
+        device: torch device (default: CUDA when available).
+        cache_dir: where to cache the reference descriptors (None: no cache).
+        progress: optional callback ``progress(done)`` while references are extracted.
+    """
+
+    def __init__(
+        self,
+        reference: ReferenceMap,
+        images_dir: str | Path,
+        config: LocalizerConfig | None = None,
+        *,
+        extractor: DenseExtractor | None = None,
+        device: str | torch.device | None = None,
+        cache_dir: str | Path | None = None,
+        progress=None,
+    ):
+        self.config = config or LocalizerConfig()
+        if reference.num_points == 0:
+            raise InputError("the reference model has no 3D points; nothing to localize against.")
+        self.reference = reference
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.extractor = (extractor or make_extractor(self.config)).to(self.device).eval()
+        t = time.perf_counter()
+        self.index: ReferenceIndex
+        self.index, self.cache_path, self.from_cache = reference_index(
+            reference, Path(images_dir), self.extractor, max_size=self.config.max_size,
+            pooling=self.config.pooling, retrieval_level=self.config.retrieval_level,
+            device=self.device, cache_dir=None if cache_dir is None else Path(cache_dir),
+            progress=progress,
+        )  # fmt: skip
+        self.reference_seconds = time.perf_counter() - t
+        dim = self.index.descriptors[0][self._retrieval_level(len(self.index.descriptors[0]))]
+        self.pooling = make_pooling(self.config.pooling, dim.shape[-1])
+        self.pooling.load_state_dict(self.index.pooling)
+        self.pooling.to(self.device)
+
+    # ------------------------------------------------------------------ public API
+    def localize(
+        self, image: torch.Tensor, camera: Camera, prior: Pose | None = None, name: str = "query"
+    ) -> LocalizationResult:
+        """Localize one in-memory image ``(3, H, W)`` in [0, 1] taken by ``camera`` (batch shape
+        ``()``, the image's size), optionally near a ``prior`` pose (retrieval by pose)."""
+        return self.localize_many([name], [image], [camera], None if prior is None else [prior])[0]
+
+    def localize_many(
+        self,
+        names: Sequence[str],
+        images: Sequence[torch.Tensor],
+        cameras: Sequence[Camera],
+        priors: Sequence[Pose | None] | None = None,
+    ) -> list[LocalizationResult]:
+        """Localize a batch of queries; stages run batched over the queries.
+
+        Args:
+            names: ``Q`` names. images: ``Q`` tensors ``(3, H_q, W_q)`` in [0, 1] (any sizes).
+            cameras: ``Q`` :class:`Camera` of batch shape ``()`` matching the images.
+            priors: optional ``Q`` pose priors (None entries: retrieval by descriptor).
+        Raises:
+            InputError: an image whose size disagrees with its camera (callers that must not
+            stop, like :func:`dgeo.pipeline.runs.run_queries`, retry one by one).
+        """
+        priors = list(priors) if priors is not None else [None] * len(names)
+        if not (len(names) == len(images) == len(cameras) == len(priors)):
+            raise InputError("names, images, cameras and priors must have one entry per query.")
+        queries = [
+            self._prepare(*args) for args in zip(names, images, cameras, priors, strict=True)
+        ]
+        if not queries:
+            return []
+        cands = self._retrieve(queries)
+        matches = self._match(queries, cands)
+        return self._solve(queries, cands, matches)
+
+    # ------------------------------------------------------------------ stages
+    def _retrieval_level(self, n: int) -> int:
+        return self.config.retrieval_level % n
+
+    def _match_level(self, pyr: FeaturePyramid) -> int:
+        if self.config.match_level is not None:
+            return self.config.match_level % len(pyr)
+        return min(range(len(pyr)), key=lambda i: abs(pyr.strides[i] - 4.0))
+
+    def _prepare(self, name, image, camera, prior) -> _Query:
+        t = time.perf_counter()
+        if camera.shape != ():
+            raise InputError(f"query {name}: camera must have batch shape (), got {camera.shape}.")
+        check_image_size(image, camera, name)
+        small, work = resize_max(image.float(), camera, self.config.max_size)
+        with torch.no_grad():
+            pyr = self.extractor(small[None].to(self.device))
+        return _Query(
+            name, camera, work.to(self.device), pyr, prior, {"extract": time.perf_counter() - t}
+        )
+
+    def _retrieve(self, queries: list[_Query]) -> torch.Tensor:
+        """``(Q, k)`` reference indices per query."""
+        t = time.perf_counter()
+        k = min(self.config.top_k, len(self.index.names))
+        level = self._retrieval_level(len(queries[0].pyramid))
+        with torch.no_grad():
+            desc = torch.cat([global_descriptors(q.pyramid, self.pooling, level) for q in queries])
+        _, idx = retrieve(desc.cpu().float(), self.index.global_desc.float(), k)
+        for i, q in enumerate(queries):
+            if q.prior is not None:
+                idx[i] = retrieve_by_pose(
+                    q.prior.reshape(1).double(), self.reference.cam_from_world, k
+                )[1][0]
+        dt = (time.perf_counter() - t) / len(queries)
+        for q in queries:
+            q.timings["retrieve"] = dt
+        return idx
+
+    def _match(self, queries: list[_Query], cands: torch.Tensor) -> list[tuple]:
+        """Per query: uv ``(k, N, 2)`` (working pixels), point indices ``(k, N)``, valid."""
+        out = []
+        for q, cand in zip(queries, cands.tolist(), strict=True):
+            t = time.perf_counter()
+            level = self._match_level(q.pyramid)
+            descs = [self.index.descriptors[c][level] for c in cand]
+            n = max(1, max(d.shape[0] for d in descs))
+            C = descs[0].shape[-1]
+            ref = torch.zeros(len(cand), n, C, dtype=q.pyramid[level].features.dtype)
+            mask = torch.zeros(len(cand), n, dtype=torch.bool)
+            pidx = torch.full((len(cand), n), -1, dtype=torch.int64)
+            for j, (c, d) in enumerate(zip(cand, descs, strict=True)):
+                ref[j, : d.shape[0]] = d.to(ref.dtype)
+                mask[j, : d.shape[0]] = True
+                pidx[j, : d.shape[0]] = self.index.point_index[c]
+            m = match_sparse_to_dense(
+                ref.to(self.device), q.pyramid, level,
+                pairs=torch.zeros(len(cand), dtype=torch.int64, device=self.device),
+                mask=mask.to(self.device), ratio=self.config.ratio,
+            )  # fmt: skip
+            out.append((m.uv.cpu().double(), pidx, m.valid.cpu() & mask))
+            q.timings["match"] = time.perf_counter() - t
+        return out
+
+    def _solve(self, queries: list[_Query], cands: torch.Tensor, matches: list[tuple]):
+        t = time.perf_counter()
+        k = cands.shape[1]
+        n = max(m[0].shape[1] for m in matches)
+        Q = len(queries)
+        uv = torch.zeros(Q * k, n, 2, dtype=torch.float64)
+        X = torch.zeros(Q * k, n, 3, dtype=torch.float64)
+        valid = torch.zeros(Q * k, n, dtype=torch.bool)
+        xyz = self.reference.xyz
+        for i, (u, p, v) in enumerate(matches):
+            s = slice(i * k, (i + 1) * k)
+            m = u.shape[1]
+            uv[s, :m], valid[s, :m] = u, v
+            X[s, :m] = xyz[p.clamp(min=0)]
+        cams = Camera.stack(
+            [q.work_camera.to("cpu", torch.float64) for q in queries for _ in range(k)]
+        )
+        res = pnp_ransac(
+            uv, X, cams, valid, threshold_px=self.config.threshold_px,
+            min_inliers=self.config.min_inliers, seed=self.config.seed,
+        )  # fmt: skip
+        num = torch.where(res.success, res.num_inliers, -1).reshape(Q, k)
+        best = num.argmax(-1)
+        dt = (time.perf_counter() - t) / Q
+        results = []
+        for i, q in enumerate(queries):
+            q.timings["ransac"] = dt
+            b = i * k + int(best[i])
+            names = [self.index.names[c] for c in cands[i].tolist()]
+            ok = bool(res.success[b])
+            u, p, v = matches[i]
+            j = int(best[i])
+            fallback = self.reference.cam_from_world[int(cands[i, 0])]
+            r = LocalizationResult(
+                name=q.name, pose=res.pose[b] if ok else fallback,
+                success=ok, reason="ok" if ok else "no-candidate", retrieved=names,
+                reference=names[j] if ok else None, num_matches=int(v[j].sum()),
+                num_inliers=int(res.num_inliers[b]) if ok else 0, timings=q.timings,
+            )  # fmt: skip
+            if ok:
+                sel = v[j]
+                r.matches = self._to_original(u[j][sel], q)
+                r.points = p[j][sel]
+                r.inliers = res.inliers[b][: v.shape[1]][sel]
+            results.append(r)
+        if self.config.refine:
+            self._refine(queries, results, uv, X, res, best, k)
+        for r in results:
+            r.pose = r.pose.to("cpu", torch.float64)
+        return results
+
+    def _to_original(self, uv: torch.Tensor, q: _Query) -> torch.Tensor:
+        s = (q.work_camera.size.cpu() / q.camera.size.cpu()).to(uv)
+        return (uv + 0.5) / s - 0.5
+
+    def _refine(self, queries, results, uv, X, res, best, k) -> None:
+        """Feature-metric refinement of the successful queries, batched by image size."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(results):
+            if r.success:
+                groups.setdefault(tuple(queries[i].pyramid.image_size), []).append(i)
+        for members in groups.values():
+            t = time.perf_counter()
+            rows = [i * k + int(best[i]) for i in members]
+            inl = res.inliers[rows]  # (G, n)
+            m = max(1, int(inl.sum(-1).max()))
+            order = torch.argsort((~inl).to(torch.uint8), dim=1, stable=True)[:, :m]
+            keep = torch.gather(inl, 1, order)
+            pts = torch.gather(X[rows], 1, order[..., None].expand(-1, -1, 3))
+            obs = torch.gather(uv[rows], 1, order[..., None].expand(-1, -1, 2))
+            feats = self._reference_features(results, members, order, keep)
+            pyr = _stack_pyramids([queries[i].pyramid for i in members])
+            dtype = pyr[0].features.dtype
+            cam = Camera.stack([queries[i].work_camera for i in members]).to(self.device, dtype)
+            init = Pose(res.pose.data[rows])
+            with torch.no_grad():
+                out = refine_featuremetric(
+                    pyr, pts.to(self.device, dtype), [f.to(self.device, dtype) for f in feats], cam,
+                    init.to(self.device, dtype), keep.to(self.device),
+                    max_iterations=self.config.refine_iterations,
+                    scale=getattr(self.extractor, "kernel_scale", 0.1),
+                )  # fmt: skip
+            # keep the refined pose only where it still explains the RANSAC inliers
+            p = out.pose.to("cpu", torch.float64)
+            proj, ok = cam.to("cpu", torch.float64).project(p.transform(pts))
+            err = (proj - obs).norm(dim=-1)
+            kept = ((err < self.config.threshold_px) & ok & keep).sum(-1)
+            accept = out.success.cpu() & (kept >= self.config.keep_inliers * keep.sum(-1))
+            dt = (time.perf_counter() - t) / len(members)
+            for g, i in enumerate(members):
+                results[i].timings["refine"] = dt
+                if bool(accept[g]):
+                    results[i].pose, results[i].refined = p[g], True
+
+    def _reference_features(self, results, members, order, keep) -> list[torch.Tensor]:
+        """Per level ``(G, m, C_l)``: the winners' reference descriptors of the kept points."""
+        levels = len(self.index.descriptors[0])
+        out = [[] for _ in range(levels)]
+        for g, i in enumerate(members):
+            c = self.index.names.index(results[i].reference)
+            for lvl in range(levels):
+                d = self.index.descriptors[c][lvl].float()
+                rows = order[g].clamp(max=d.shape[0] - 1)
+                out[lvl].append(torch.where(keep[g, :, None], d[rows], 0.0))
+        return [torch.stack(o) for o in out]
+
+
+def _stack_pyramids(pyramids: list[FeaturePyramid]) -> FeaturePyramid:
+    """One pyramid of the batches of pyramids of equal sizes."""
+    first = pyramids[0]
+    levels = []
+    for j, lvl in enumerate(first.levels):
+        conf = None
+        if lvl.confidence is not None:
+            conf = torch.cat([p[j].confidence for p in pyramids])
+        feats = torch.cat([p[j].features for p in pyramids])
+        levels.append(dataclasses.replace(lvl, features=feats, confidence=conf))
+    return FeaturePyramid(tuple(levels), first.image_size, first.canvas_size)
