@@ -27,7 +27,8 @@ time of up to ``--repeats`` passes while the budget lasts; dgeo batch rows are t
 ``--repeats`` runs after a warm-up; the minima damp the noise of a shared machine), throughput
 relative to poselib, median and 95th-percentile rotation (degrees) and position (cm) errors, and
 the success rate: rotation below 1 degree and position below 1 % of the query's median scene
-depth; a solver that returns nothing fails. Every row's accuracy is over the queries it ran.
+depth; a solver that returns nothing fails. Every row's accuracy is over the first
+``--peer-queries`` queries (fewer for a loop whose ``--budget`` ran out), the batched rows too.
 torch uses ``--threads`` threads (default 1, like its single-threaded peers).
 
     python benchmarks/pnp.py [--scenarios 1000/50/1 street] [--batch 256] [--peer-queries 32]
@@ -298,7 +299,7 @@ def bench_scenario(p: Problems, args) -> list[dict]:
     rows = []
     for name, fn in batch:
         seconds, poses = timed(fn, args.repeats)
-        rows.append(_row(p, name, seconds, poses))
+        rows.append(_row(p, name, seconds, poses, accuracy_queries=L))
     for name, solve in loops:
         seconds, poses = timed_loop(solve, L, args.budget, args.repeats)
         rows.append(_row(p, name, seconds, poses))
@@ -308,9 +309,13 @@ def bench_scenario(p: Problems, args) -> list[dict]:
     return rows
 
 
-def _row(p: Problems, name: str, seconds: float, poses: list) -> dict:
+def _row(
+    p: Problems, name: str, seconds: float, poses: list, accuracy_queries: int | None = None
+) -> dict:
+    """Timing over all ``poses``; accuracy over the first ``accuracy_queries`` (the queries the
+    per-query loops ran, so that every row's errors are over the same queries)."""
     row = dict(scenario=p.name, method=name, seconds_per_query=seconds / len(poses))
-    row.update(accuracy(p, poses))
+    row.update(accuracy(p, poses[:accuracy_queries]))
     ms = 1e3 * row["seconds_per_query"]
     print(f"  {p.name:>10} {name:<24} {ms:9.3f} ms/query ({len(poses)})", file=sys.stderr)
     return row
