@@ -315,6 +315,21 @@ def test_batched_equals_one_by_one(world):
         assert torch.equal(one.reason, batch.reason[i : i + 1])
 
 
+def test_float32_maps_with_float64_points_solve_in_float64(world):
+    """Maps stay float32 (sampled in float32), the solver runs in float64: the result is
+    float64 and a query's pose does not depend on its batch mates."""
+    pyr32 = world.pyramid.map(lambda x: x.float())
+    refs = [world.ref.float()] * 2
+    opts = LMOptions(max_iterations=20)
+    batch = refine_featuremetric(pyr32, world.points, refs, CAM, world.init, options=opts)
+    assert batch.pose.dtype == torch.float64 and bool(batch.success.all())
+    one = refine_featuremetric(
+        pyr32.select([2]), world.points[2:3], [r[2:3] for r in refs], CAM, world.init[2:3],
+        options=opts,
+    )  # fmt: skip
+    torch.testing.assert_close(one.pose.data, batch.pose.data[2:3], rtol=0, atol=1e-10)
+
+
 # ---------------------------------------------------------------------------- 5. gradients
 
 

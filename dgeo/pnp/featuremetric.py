@@ -139,6 +139,7 @@ class FeatureMetricResidual:
         uv_l = self.query.to_level(uv, self.level)
         stencil = uv_l.new_tensor(_STENCIL)  # (5, 2)
         values, _ = sample(lvl.features, uv_l[..., None, :] + stencil)  # (B, N, 5, C)
+        values = values.to(p.dtype)  # sampled in the map's dtype, solved in the points'
         h, w = lvl.size
         H, W = self.query.image_size  # the real image (the level may cover padding too)
         hi = uv_l.new_tensor([w - 1.0, h - 1.0]) - self.pad
@@ -153,7 +154,7 @@ class FeatureMetricResidual:
         J_uv = chain_pose_jacobian(J_proj, p)  # (B, N, 2, 6)
         J = gx[..., None] * J_uv[..., None, 0, :] + gy[..., None] * J_uv[..., None, 1, :]
         if lvl.confidence is not None:  # query confidence: sqrt(c_q) folded in, constant in J
-            conf = sample(lvl.confidence, uv_l)[0][..., 0]
+            conf = sample(lvl.confidence, uv_l)[0][..., 0].to(p.dtype)
             valid = valid & (conf > 0)
             s = torch.sqrt(conf.clamp_min(0))[..., None]
             r, J = r * s, J * s[..., None]
@@ -183,8 +184,10 @@ def refine_featuremetric(
     """Refine ``B`` poses by aligning query feature maps to reference descriptors of 3D points.
 
     Args:
-        query: :class:`FeaturePyramid` of the ``B`` query images; everything is computed in its
-            dtype and on its device.
+        query: :class:`FeaturePyramid` of the ``B`` query images; everything runs on its
+            device, in the wider of its dtype and that of ``points3D`` (float64 points on
+            float32 maps: sampled in float32, solved in float64, so that a query's result does
+            not depend on the rounding of batched reductions, i.e. on its batch mates).
         points3D: ``(B, N, 3)`` world points; non-finite ones are invalid.
         ref_features: one ``(B, N, C_l)`` tensor per pyramid level (pyramid order, finest
             first); entries of levels not run may be None. Non-finite rows are invalid points.
@@ -219,6 +222,8 @@ def refine_featuremetric(
         raise InputError(f"need pad >= 0 and min_points >= 1, got {pad} and {min_points}.")
     B = points3D.shape[0]
     dtype, device = query[0].features.dtype, query.device
+    if points3D.is_floating_point():
+        dtype = torch.promote_types(dtype, points3D.dtype)
     points3D = points3D.to(dtype=dtype, device=device)
     finite = torch.isfinite(points3D).all(-1)
     points3D = torch.where(finite[..., None], points3D, 0.0)
