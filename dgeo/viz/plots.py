@@ -110,7 +110,7 @@ def plot_localization(
     for du in (0, 1):  # 2x2 dots
         for dv in (0, 1):
             img[np.clip(uv[:, 1] + dv, 0, H + top - 1), np.clip(uv[:, 0] + du, 0, W - 1)] = _POINT
-    tick = max(8.0, 0.025 * size)
+    tick = max(8.0, 0.016 * size)
     aa = cv2.LINE_AA
 
     def camera(c, d, color, radius=4, thickness=2):
