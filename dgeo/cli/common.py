@@ -1,25 +1,11 @@
-"""Pieces shared by the commands: a staged progress bar and option parsing."""
+"""Pieces shared by the commands: the staged progress bar (:mod:`dgeo.progress`) and option
+parsing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from dgeo.progress import stage_progress
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-
-@contextmanager
-def stage_progress(console: Console) -> Iterator[Callable[[str, int, int], None]]:
-    """A transient rich progress bar; yields ``progress(stage, done, total)`` for the library."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.update(task, description=stage, completed=done, total=total)
-
-        yield progress
+__all__ = ["comma_list", "stage_progress"]
 
 
 def comma_list(text: str) -> tuple[str, ...]:

@@ -26,14 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from dgeo.errors import InputError
 from dgeo.geometry import Pose
@@ -57,6 +49,7 @@ from dgeo.pipeline.run_files import (
     read_log,
     to_jsonable,
 )
+from dgeo.progress import stage_progress
 
 __all__ = [
     "DistributedContext",
@@ -164,12 +157,8 @@ def _progress(progress: bool | ProgressFn | None, ctx: DistributedContext) -> It
     elif not progress or callable(progress) or not ctx.is_main:
         yield lambda *_: None
     else:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn()) as bar:
-            task = bar.add_task("starting", total=None)
-            yield lambda stage, done, total: bar.update(
-                task, description=stage, completed=done, total=total
-            )
+        with stage_progress(transient=False, remaining=True) as report:
+            yield report
 
 
 def _check_names(names: list[str]) -> None:
