@@ -21,7 +21,6 @@ by inliers) with the GN-Net / PixLoc feature-metric refinement, batched over que
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -361,66 +360,36 @@ class Localizer:
         return (uv + 0.5) / s - 0.5
 
     def _refine(self, queries, results, uv, X, res, best, k) -> None:
-        """Feature-metric refinement of the successful queries, one query at a time."""
-        # one query at a time: batched, every query was padded to the most inliers and iterated
-        # until the slowest converged (2-7x slower on a CPU), and the float32 reductions made
-        # a query's pose depend on its batch mates (by up to ~1e-3)
-        for members in ([i] for i, r in enumerate(results) if r.success):
+        """Feature-metric refinement of the successful queries, one query at a time.
+
+        One at a time: batched, every query was padded to the most inliers and iterated until
+        the slowest converged (2-7x slower on a CPU). The solver runs in float64 on the float32
+        maps (sampled in float32): orthonormal poses, and results that do not depend on float32
+        rounding.
+        """
+        scale = getattr(self.extractor, "kernel_scale", 0.1)
+        for i, r in enumerate(results):
+            if not r.success:
+                continue
             t = time.perf_counter()
-            rows = [i * k + int(best[i]) for i in members]
-            inl = res.inliers[rows]  # (G, n)
-            m = max(1, int(inl.sum(-1).max()))
-            order = torch.argsort((~inl).to(torch.uint8), dim=1, stable=True)[:, :m]
-            keep = torch.gather(inl, 1, order)
-            pts = torch.gather(X[rows], 1, order[..., None].expand(-1, -1, 3))
-            obs = torch.gather(uv[rows], 1, order[..., None].expand(-1, -1, 2))
-            feats = self._reference_features(results, members, order, keep)
-            # float64 solver on the float32 maps (sampled in float32): orthonormal poses, and
-            # results that do not depend on float32 rounding
-            dtype = torch.float64
-            pyr = _stack_pyramids([queries[i].pyramid for i in members])
-            cam = Camera.stack([queries[i].work_camera for i in members]).to(self.device, dtype)
-            init = Pose(res.pose.data[rows])
+            row = i * k + int(best[i])
+            inl = res.inliers[row]  # (n,)
+            pts, obs = X[row][inl][None], uv[row][inl][None]  # (1, m, 3), (1, m, 2)
+            c = self.index.names.index(r.reference)
+            keypoint = inl.nonzero()[:, 0]  # match j of a candidate is its keypoint j
+            feats = [d.double()[keypoint][None] for d in self.index.descriptors[c]]
+            q = queries[i]
+            cam = q.work_camera.to(self.device, torch.float64)
             with torch.no_grad():
                 out = refine_featuremetric(
-                    pyr, pts.to(self.device, dtype), [f.to(self.device, dtype) for f in feats], cam,
-                    init.to(self.device, dtype), keep.to(self.device),
-                    max_iterations=self.config.refine_iterations,
-                    scale=getattr(self.extractor, "kernel_scale", 0.1),
+                    q.pyramid, pts.to(self.device), [f.to(self.device) for f in feats],
+                    cam, res.pose[row : row + 1].to(self.device, torch.float64),
+                    max_iterations=self.config.refine_iterations, scale=scale,
                 )  # fmt: skip
             # keep the refined pose only where it still explains the RANSAC inliers
             p = out.pose.to("cpu", torch.float64)
             proj, ok = cam.to("cpu", torch.float64).project(p.transform(pts))
-            err = (proj - obs).norm(dim=-1)
-            kept = ((err < self.config.threshold_px) & ok & keep).sum(-1)
-            accept = out.success.cpu() & (kept >= self.config.keep_inliers * keep.sum(-1))
-            dt = (time.perf_counter() - t) / len(members)
-            for g, i in enumerate(members):
-                results[i].timings["refine"] = dt
-                if bool(accept[g]):
-                    results[i].pose, results[i].refined = p[g], True
-
-    def _reference_features(self, results, members, order, keep) -> list[torch.Tensor]:
-        """Per level ``(G, m, C_l)``: the winners' reference descriptors of the kept points."""
-        levels = len(self.index.descriptors[0])
-        out = [[] for _ in range(levels)]
-        for g, i in enumerate(members):
-            c = self.index.names.index(results[i].reference)
-            for lvl in range(levels):
-                d = self.index.descriptors[c][lvl].float()
-                rows = order[g].clamp(max=d.shape[0] - 1)
-                out[lvl].append(torch.where(keep[g, :, None], d[rows], 0.0))
-        return [torch.stack(o) for o in out]
-
-
-def _stack_pyramids(pyramids: list[FeaturePyramid]) -> FeaturePyramid:
-    """One pyramid of the batches of pyramids of equal sizes."""
-    first = pyramids[0]
-    levels = []
-    for j, lvl in enumerate(first.levels):
-        conf = None
-        if lvl.confidence is not None:
-            conf = torch.cat([p[j].confidence for p in pyramids])
-        feats = torch.cat([p[j].features for p in pyramids])
-        levels.append(dataclasses.replace(lvl, features=feats, confidence=conf))
-    return FeaturePyramid(tuple(levels), first.image_size, first.canvas_size)
+            kept = (((proj - obs).norm(dim=-1) < self.config.threshold_px) & ok).sum()
+            r.timings["refine"] = time.perf_counter() - t
+            if bool(out.success[0]) and kept >= self.config.keep_inliers * pts.shape[1]:
+                r.pose, r.refined = p[0], True
