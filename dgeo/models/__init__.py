@@ -5,17 +5,27 @@
   torchvision-layout VGG-16 trunk, with :func:`load_vgg16_weights`.
 - :class:`UNetPyramid` (:mod:`dgeo.models.unet`): the GN-Net / PixLoc U-Net with confidences.
 - :class:`DenseSIFT`, :class:`ImagePyramid` (:mod:`dgeo.models.dense_sift`): weight-free baselines.
-- :func:`save`, :func:`load`, :data:`MODELS`, :func:`build` (:mod:`dgeo.models.io`).
+- :func:`save`, :func:`load`, :data:`MODELS`, :func:`build`, and the shipped model
+  :func:`default_model` (:mod:`dgeo.models.io`).
 """
 
 from dgeo.geometry import FeatureLevel, FeaturePyramid
 from dgeo.models.base import IMAGENET_MEAN, IMAGENET_STD, DenseExtractor
 from dgeo.models.dense_sift import DenseSIFT, ImagePyramid, image_pyramid
-from dgeo.models.io import MODELS, build, load, save
+from dgeo.models.io import (
+    DEFAULT_WEIGHTS,
+    MODELS,
+    build,
+    default_model,
+    default_weights,
+    load,
+    save,
+)
 from dgeo.models.unet import UNetPyramid
 from dgeo.models.vgg import VGG16, VGGHypercolumn, load_vgg16_weights, vgg16_trunk_state_dict
 
 __all__ = [
+    "DEFAULT_WEIGHTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MODELS",
@@ -28,6 +38,8 @@ __all__ = [
     "UNetPyramid",
     "VGGHypercolumn",
     "build",
+    "default_model",
+    "default_weights",
     "image_pyramid",
     "load",
     "load_vgg16_weights",

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dgeo.errors import InputError, ParseError
+from dgeo.errors import DataFileNotFoundError, InputError, ParseError
 from dgeo.io.atomic import atomic_open
 from dgeo.models.base import DenseExtractor, safe_torch_load
 from dgeo.models.dense_sift import DenseSIFT, ImagePyramid
@@ -28,6 +28,10 @@ from dgeo.models.vgg import VGGHypercolumn, vgg16_trunk_state_dict
 
 FORMAT = "dgeo-model"
 VERSION = 1
+
+#: The model shipped inside the package: a small U-Net trained with ``dgeo train gnnet`` on the
+#: synthetic world and homography pairs (its command, data and figures: docs/MODELS.md).
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "unet-small.pt"
 
 #: CLI names of the dense extractors.
 MODELS: dict[str, type[DenseExtractor]] = {
@@ -145,3 +149,23 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> DenseExt
             path, None, f"has weights that do not fit {name}({config}): {first}"
         ) from None
     return model.to(torch.device(map_location))
+
+
+def default_weights() -> Path:
+    """Path of the model shipped inside the package (:data:`DEFAULT_WEIGHTS`).
+
+    Raises:
+        DataFileNotFoundError: the file is missing from this installation (an install from a
+            source tree without package data); the message says how to get it.
+    """
+    if not DEFAULT_WEIGHTS.is_file():
+        raise DataFileNotFoundError(
+            f"the shipped model {DEFAULT_WEIGHTS} is missing from this installation; reinstall "
+            "dgeo with its package data, or pass your own weights (a file from dgeo train)."
+        )
+    return DEFAULT_WEIGHTS
+
+
+def default_model(map_location: str | torch.device = "cpu") -> DenseExtractor:
+    """The shipped U-Net (:func:`default_weights`), loaded on ``map_location``, in eval mode."""
+    return load(default_weights(), map_location).eval()
