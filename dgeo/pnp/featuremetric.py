@@ -156,7 +156,7 @@ class FeatureMetricResidual:
         if lvl.confidence is not None:  # query confidence: sqrt(c_q) folded in, constant in J
             conf = sample(lvl.confidence, uv_l)[0][..., 0].to(p.dtype)
             valid = valid & (conf > 0)
-            s = torch.sqrt(conf.clamp_min(0))[..., None]
+            s = torch.sqrt(conf.clamp_min(1e-12))[..., None]  # finite gradient at c = 0
             r, J = r * s, J * s[..., None]
         valid = valid & torch.isfinite(r).all(-1) & torch.isfinite(J).flatten(-2).all(-1)
         return r, J, valid

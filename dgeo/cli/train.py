@@ -1,0 +1,177 @@
+"""``dgeo train gnnet|pixloc``: train dense features (:mod:`dgeo.pipeline.recipes`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dgeo.cli.common import stage_progress
+from dgeo.cli.main import app
+
+if TYPE_CHECKING:
+    from dgeo.pipeline.recipes import TrainResult
+
+console = Console()
+train_app = typer.Typer(
+    name="train",
+    help="Train dense features: `dgeo train gnnet ...` or `dgeo train pixloc ...`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(train_app, name="train")
+
+_COMMON_HELP = (
+    "DATA SPECs: synthetic:street, synthetic:room, colmap:MODEL_DIR:IMAGES_DIR (or colmap:ROOT "
+    "of a `dgeo synth` folder), homography:IMAGE_DIR, robotcar:ROOT, cmu:ROOT; several --data "
+    "are mixed. Validation uses the `val` split of --val-data (default: of --data).\n\n"
+    "Writes into OUT: config.json, checkpoint.pt (atomic, every --checkpoint-every steps and at "
+    "the end), metrics.csv (and TensorBoard events when tensorboard is installed), model.pt "
+    "(the final model, a dgeo model file: `dgeo localize --features unet --weights "
+    "OUT/model.pt`) and model_best.pt (best validation loss).\n\n"
+    "--resume continues the run in OUT exactly where its last checkpoint left it (options not "
+    "given are taken from the checkpoint; run-defining options that differ are refused). "
+    "--config FILE (JSON or TOML) holds any option by its long name with underscores, a "
+    "\\[model] table of model options (e.g. widths, decoder_widths, dims, strides of the U-Net) "
+    "and a \\[loss] table of recipe options; options on the command line win.\n\n"
+    "Several processes: torchrun --nproc-per-node K -m dgeo train ... (DistributedDataParallel, "
+    "NCCL on GPUs, gloo on CPUs; rank 0 writes every file)."
+)
+HELP = {
+    "gnnet": (
+        "Train dense features with GN-Net's contrastive + Gauss-Newton loss on image pairs with "
+        "correspondences; validation reports the loss and the nearest-neighbour matching PCK at "
+        "1/3/5 px.\n\n" + _COMMON_HELP + "\n\nExamples:\n\n"
+        "    dgeo train gnnet --data synthetic:street --model unet --out runs/gnnet --steps "
+        "20000\n\n"
+        "    dgeo train gnnet --data colmap:data/sfm:data/images --data synthetic:room --out "
+        "runs/mix --config small_unet.toml --device cuda --resume"
+    ),
+    "pixloc": (
+        "Train dense features through unrolled feature-metric pose refinement (PixLoc): image a "
+        "with its 3D points is the reference, image b the query; the loss is the robust "
+        "reprojection error of the pose after each pyramid level. Needs data with geometry "
+        "(synthetic, or COLMAP with pinhole cameras). Validation adds the pose recall.\n\n"
+        + _COMMON_HELP
+        + "\n\nExamples:\n\n"
+        "    dgeo train pixloc --data synthetic:street --out runs/pixloc --steps 20000 --lr "
+        "1e-5\n\n"
+        "    dgeo train pixloc --data synthetic:street --out runs/pixloc --init-weights "
+        "runs/gnnet/model.pt"
+    ),
+}
+
+
+def _make_command(recipe: str) -> Callable[..., None]:
+    """The command function of ``recipe`` (both recipes share every option)."""
+
+    def command(
+        out: Path = typer.Option(..., "--out", "-o", help="Run folder (created)."),
+        data: list[str] | None = typer.Option(
+            None, "--data", metavar="SPEC", help="Training data spec; repeat to mix sources."
+        ),
+        val_data: list[str] | None = typer.Option(
+            None, "--val-data", metavar="SPEC", help="Validation data spec (default: --data)."
+        ),
+        model: str | None = typer.Option(None, help="Model: unet (default) or vgg."),
+        config: Path | None = typer.Option(None, "--config", help="JSON or TOML run options."),
+        init_weights: Path | None = typer.Option(
+            None, help="Initial weights: a dgeo model file (unet) or a VGG-16 checkpoint (vgg)."
+        ),
+        epochs: int | None = typer.Option(None, help="Passes over the data (default 10)."),
+        steps: int | None = typer.Option(None, help="Optimiser steps (overrides --epochs)."),
+        batch_size: int | None = typer.Option(None, help="Pairs per step and process (4)."),
+        lr: float | None = typer.Option(None, help="Peak learning rate of AdamW (1e-4)."),
+        weight_decay: float | None = typer.Option(None, help="AdamW weight decay (0.01)."),
+        schedule: str | None = typer.Option(None, help="cosine (default), onecycle, constant."),
+        warmup: int | None = typer.Option(None, help="Linear warm-up steps (0)."),
+        clip: float | None = typer.Option(None, help="Gradient-norm clipping, 0: off (1.0)."),
+        amp: bool | None = typer.Option(
+            None, "--amp/--no-amp", help="Mixed precision on CUDA (default on)."
+        ),
+        seed: int | None = typer.Option(None, help="Seed of data order and sampling (0)."),
+        height: int | None = typer.Option(None, help="Image height of the pairs (240)."),
+        width: int | None = typer.Option(None, help="Image width of the pairs (320)."),
+        num_points: int | None = typer.Option(None, help="Correspondences per pair (512)."),
+        val_every: int | None = typer.Option(None, help="Validate every N steps (500)."),
+        val_pairs: int | None = typer.Option(None, help="Validation pairs, 0: all (64)."),
+        checkpoint_every: int | None = typer.Option(None, help="Checkpoint every N steps (500)."),
+        log_every: int | None = typer.Option(None, help="Log training stats every N steps (10)."),
+        workers: int | None = typer.Option(None, help="DataLoader worker processes (0)."),
+        device: str | None = typer.Option(None, help="auto (default), cpu, cuda or cuda:N."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT."),
+    ) -> None:
+        given = dict(locals())
+        _train(recipe, given)
+
+    command.__name__ = f"train_{recipe}"
+    return command
+
+
+for _recipe in ("gnnet", "pixloc"):
+    train_app.command(_recipe, help=HELP[_recipe])(_make_command(_recipe))
+
+
+def _train(recipe: str, given: dict[str, Any]) -> None:
+    """Resolve the run's config (checkpoint < --config < options) and train.
+
+    Raises:
+        DgeoError: bad input; the entry point prints it as one line and exits with code 2.
+    """
+    from dgeo.pipeline.recipes import load_checkpoint, resolve_config, train
+
+    out: Path = given.pop("out")
+    resume: bool = given.pop("resume")
+    config_file = given.pop("config")
+    for key in ("data", "val_data"):
+        if not given.get(key):  # typer gives [] for an unused multiple option
+            given[key] = None
+    for key in ("init_weights",):
+        if given.get(key) is not None:
+            given[key] = str(given[key])
+    given["recipe"] = recipe
+    stored = None
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        stored = load_checkpoint(checkpoint)["config"]
+    cfg = resolve_config(given, file=config_file, stored=stored)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    out_console = console if main_rank else Console(quiet=True)
+    with stage_progress(out_console, remaining=True) as progress:
+        result = train(
+            cfg,
+            out,
+            resume=resume,
+            progress=progress,
+            echo=lambda line: out_console.print(line, highlight=False, soft_wrap=True),
+        )
+    if main_rank:
+        print_summary(recipe, result)
+
+
+def print_summary(recipe: str, result: TrainResult) -> None:
+    """A table of the run: steps, timing, last validation metrics, best, files."""
+    table = Table(title=f"dgeo train {recipe}: {result.out_dir}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("steps", f"{result.step} / {result.total_steps}")
+    if result.resumed_from is not None:
+        table.add_row("resumed from step", str(result.resumed_from))
+    table.add_row("time per step", f"{1000 * result.seconds_per_step:.0f} ms")
+    if result.skipped_steps:
+        table.add_row("skipped (non-finite gradients)", str(result.skipped_steps))
+    for name, value in result.metrics.items():
+        table.add_row(f"val {name}", f"{value:.4g}")
+    if result.best.get("value") is not None:
+        table.add_row(
+            f"best val {result.best['metric']}",
+            f"{result.best['value']:.4g} (step {result.best['step']})",
+        )
+    console.print(table)
+    console.print(f"wrote {result.out_dir / 'model.pt'} and {result.out_dir / 'checkpoint.pt'}")
