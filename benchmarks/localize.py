@@ -4,8 +4,9 @@ Methods, all on the same queries:
 
 - ``dgeo dense-sift``: :class:`dgeo.pipeline.localizer.Localizer` with its defaults
   (:class:`dgeo.models.DenseSIFT`, GeM retrieval of the top 10 references, sparse-to-dense
-  matching, LO-RANSAC, feature-metric refinement); ``dgeo unet`` / ``dgeo vgg`` likewise with the
-  trained models of ``--unet-weights`` / ``--vgg-weights``.
+  matching, LO-RANSAC, feature-metric refinement); ``dgeo unet-small`` likewise with the U-Net
+  shipped in the package (unless ``--no-shipped``), ``dgeo unet`` / ``dgeo vgg`` with the trained
+  models of ``--unet-weights`` / ``--vgg-weights``.
 - ``... no refine``: the same run stopped after RANSAC (``refine=False``). Extraction, retrieval
   and matching are shared with the refined run (the Localizer's stages are called one by one), so
   its time is that run's minus the refinement.
@@ -91,6 +92,7 @@ from dgeo.geometry import Camera, Pose
 from dgeo.io.colmap import ReferenceMap, camera_to_colmap, load_reference_map, write_reconstruction
 from dgeo.io.formats import read_hloc_results, read_queries_with_intrinsics
 from dgeo.io.images import read_image
+from dgeo.models import DEFAULT_WEIGHTS
 from dgeo.pipeline.localizer import Localizer, LocalizerConfig
 
 DEFAULT_CONDITIONS = ("overcast-reference", "night", "snow", "dusk")
@@ -585,6 +587,8 @@ def run_dataset(data: Dataset, args, console: Console) -> list[dict]:
     if args.ratio is not None:
         base = dataclasses.replace(base, ratio=args.ratio)
     extractors = [("dense-sift", base)]
+    if not args.no_shipped and DEFAULT_WEIGHTS.is_file():
+        extractors.append(("unet-small", dataclasses.replace(base, features="unet")))
     for kind, weights in (("unet", args.unet_weights), ("vgg", args.vgg_weights)):
         if weights:
             cfg = dataclasses.replace(base, features=kind, weights=str(weights))
@@ -701,6 +705,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--fox-sift-size", type=int, default=960, help="SIFT's longest side on fox")
     p.add_argument("--fox-features", type=int, default=4000, help="SIFT features per fox image")
     p.add_argument("--unet-weights", type=Path, help="a trained U-Net (dgeo.models.save file)")
+    p.add_argument("--no-shipped", action="store_true",
+                   help="skip the shipped U-Net (dgeo.models.DEFAULT_WEIGHTS)")  # fmt: skip
     p.add_argument("--vgg-weights", type=Path, help="a VGG-16 checkpoint (S2DHM hypercolumns)")
     p.add_argument("--ratio", type=float, help="dgeo's ratio test (default: LocalizerConfig's)")
     p.add_argument("--device", default="cpu", help="torch device of dgeo")

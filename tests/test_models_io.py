@@ -178,3 +178,25 @@ def test_models_follow_the_input_device(name):
     for a, b in zip(cpu.levels, gpu.levels, strict=True):
         assert b.features.device.type == "cuda"
         torch.testing.assert_close(a.features, b.features.cpu(), atol=1e-4, rtol=1e-4)
+
+
+def test_shipped_model_is_small_loads_and_is_what_unet_features_default_to(monkeypatch, tmp_path):
+    from dgeo.models import DEFAULT_WEIGHTS, UNetPyramid, default_model, default_weights
+    from dgeo.pipeline.localizer import LocalizerConfig, make_extractor
+
+    assert default_weights() == DEFAULT_WEIGHTS
+    assert DEFAULT_WEIGHTS.stat().st_size < 10 * 2**20  # the budget: under 10 MB
+    model = default_model()
+    assert isinstance(model, UNetPyramid) and not model.training
+    images = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        pyr = model(images)
+        ref = make_extractor(LocalizerConfig(features="unet"))(images)
+    assert len(pyr) == 3 and pyr.strides == [1.0, 4.0, 16.0]
+    for a, b in zip(pyr.levels, ref.levels, strict=True):
+        torch.testing.assert_close(a.features, b.features)
+        assert torch.isfinite(a.features).all()
+
+    monkeypatch.setattr(models.io, "DEFAULT_WEIGHTS", tmp_path / "missing.pt")
+    with pytest.raises(DataFileNotFoundError, match=r"missing\.pt"):
+        default_model()

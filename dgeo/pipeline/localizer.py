@@ -33,7 +33,7 @@ from dgeo.geometry import Camera, FeaturePyramid, Pose
 from dgeo.io.colmap import ReferenceMap
 from dgeo.io.images import check_image_size, resize_max
 from dgeo.matching import global_descriptors, match_sparse_to_dense, retrieve, retrieve_by_pose
-from dgeo.models import DenseExtractor, DenseSIFT, UNetPyramid, VGGHypercolumn, build, load
+from dgeo.models import DenseExtractor, DenseSIFT, VGGHypercolumn, build, default_model, load
 from dgeo.pipeline.references import ReferenceIndex, make_pooling, reference_index
 from dgeo.pnp import refine_featuremetric
 from dgeo.ransac import pnp_ransac
@@ -47,8 +47,8 @@ class LocalizerConfig:
 
     Attributes:
         features: ``"dense-sift"`` (weight-free), ``"unet"`` (a ``dgeo.models.save`` file in
-            ``weights``; random weights without), ``"vgg"`` (a VGG-16 checkpoint in ``weights``:
-            S2DHM hypercolumns) or ``"image"`` (raw pixels).
+            ``weights``; without, the U-Net shipped in the package, docs/MODELS.md), ``"vgg"``
+            (a VGG-16 checkpoint in ``weights``: S2DHM hypercolumns) or ``"image"`` (raw pixels).
         weights: path of the model weights, if any.
         max_size: longest image side the work runs at (``None``: full size).
         top_k: references retrieved per query.
@@ -143,7 +143,7 @@ def make_extractor(config: LocalizerConfig) -> DenseExtractor:
     if config.features == "image":
         return build("image")
     if config.features == "unet":
-        return load(config.weights) if config.weights else UNetPyramid(seed=0)
+        return load(config.weights) if config.weights else default_model()
     if not config.weights:
         raise InputError("features 'vgg' need --weights: a VGG-16 checkpoint (.pth/.pth.tar).")
     return VGGHypercolumn.from_vgg16_checkpoint(config.weights)
