@@ -39,6 +39,8 @@ from dgeo.pnp import refine_featuremetric
 from dgeo.ransac import pnp_ransac
 
 FEATURES = ("dense-sift", "unet", "vgg", "image")
+#: Longest image side at which ``LocalizerConfig.threshold_px`` is measured.
+THRESHOLD_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,10 @@ class LocalizerConfig:
         match_level: pyramid level of sparse-to-dense matching (``None``: the stride closest to
             4, S2DHM's hypercolumn cell).
         ratio: S2DHM's modified ratio test threshold (kept: ``s_k <= ratio^2 s_1``).
-        threshold_px: RANSAC inlier threshold at the working resolution.
+        threshold_px: RANSAC inlier threshold in pixels of an image whose longest side is
+            :data:`THRESHOLD_SIDE` (1024); at other working sizes it scales with the longest
+            side (12 px at 1024 is 3.75 px at 320), so one setting is the same tolerance in
+            angle at every image size.
         min_inliers: fewest RANSAC inliers of a successful candidate.
         refine: run the feature-metric refinement.
         refine_iterations: LM iterations per level.
@@ -134,6 +139,11 @@ class LocalizationResult:
             "num_inliers": self.num_inliers, "reference": self.reference,
             "retrieved": self.retrieved, "timings": self.timings,
         }  # fmt: skip
+
+
+def _threshold_scale(camera: Camera) -> float:
+    """Factor from a query's working pixels to those of a ``THRESHOLD_SIDE`` image."""
+    return THRESHOLD_SIDE / float(camera.size.max())
 
 
 def make_extractor(config: LocalizerConfig) -> DenseExtractor:
@@ -318,11 +328,20 @@ class Localizer:
             m = u.shape[1]
             uv[s, :m], valid[s, :m] = u, v
             X[s, :m] = xyz[p.clamp(min=0)]
+        # RANSAC runs in pixels of a THRESHOLD_SIDE image, where threshold_px is measured
+        scale = torch.tensor([_threshold_scale(q.work_camera) for q in queries]).repeat_interleave(
+            k
+        )
         cams = Camera.stack(
-            [q.work_camera.to("cpu", torch.float64) for q in queries for _ in range(k)]
+            [
+                q.work_camera.to("cpu", torch.float64).scale(_threshold_scale(q.work_camera))
+                for q in queries
+                for _ in range(k)
+            ]
         )
         res = pnp_ransac(
-            uv, X, cams, valid, threshold_px=self.config.threshold_px,
+            (uv + 0.5) * scale[:, None, None] - 0.5, X, cams, valid,
+            threshold_px=self.config.threshold_px,
             min_inliers=self.config.min_inliers, seed=self.config.seed,
         )  # fmt: skip
         num = torch.where(res.success, res.num_inliers, -1).reshape(Q, k)
@@ -389,7 +408,8 @@ class Localizer:
             # keep the refined pose only where it still explains the RANSAC inliers
             p = out.pose.to("cpu", torch.float64)
             proj, ok = cam.to("cpu", torch.float64).project(p.transform(pts))
-            kept = (((proj - obs).norm(dim=-1) < self.config.threshold_px) & ok).sum()
+            limit = self.config.threshold_px / _threshold_scale(q.work_camera)
+            kept = (((proj - obs).norm(dim=-1) < limit) & ok).sum()
             r.timings["refine"] = time.perf_counter() - t
             if bool(out.success[0]) and kept >= self.config.keep_inliers * pts.shape[1]:
                 r.pose, r.refined = p[0], True
