@@ -62,8 +62,7 @@ def config_file(tmp_path_factory) -> Path:
             "street", split, num_pairs=8, pairs_per_scene=16, texture_size=64, cache_dir=cache,
             height=48, width=64, num_points=64,
         )  # fmt: skip
-        for i in range(n):
-            ds.record(i)
+        ds.prerender(range(n))
     path = root / "small.toml"
     path.write_text(CONFIG.format(cache=cache))
     return path

@@ -67,8 +67,7 @@ def pair_cache(tmp_path_factory) -> str:
                 "street", split, height=48, width=64, num_points=128, cache_dir=cache,
                 **{**DATA_OPTIONS, "num_pairs": n},
             )  # fmt: skip
-            for i in range(n):
-                ds.record(i)
+            ds.prerender(range(n))
     finally:
         torch.set_num_threads(threads)
     return str(cache)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dgeo.errors import InputError, ShapeError
+from dgeo.errors import InputError, ShapeError, require_floating
 
 
 def require_dims(x: object, name: str, expected: tuple[int | None, ...], layout: str) -> None:
@@ -20,11 +20,6 @@ def require_dims(x: object, name: str, expected: tuple[int | None, ...], layout:
     ):
         want = ", ".join("*" if e is None else str(e) for e in expected)
         raise ShapeError(f"{name} must have shape {layout} = ({want}), got {tuple(x.shape)}.")
-
-
-def require_float(x: torch.Tensor, name: str) -> None:
-    if not x.is_floating_point():
-        raise InputError(f"{name} must be a floating-point tensor, got dtype {x.dtype}.")
 
 
 def check_mask(
@@ -50,7 +45,7 @@ def check_correspondence_inputs(
     require_dims(fmap_b, "fmap_b", (b, c, None, None), "(B, C, h, w) with B, C of desc_a")
     require_dims(uv_b, "uv_b", (b, n, 2), "(B, N, 2) with B, N of desc_a")
     for x, name in ((desc_a, "desc_a"), (fmap_b, "fmap_b"), (uv_b, "uv_b")):
-        require_float(x, name)
+        require_floating(x, name)
     if desc_a.device != fmap_b.device or uv_b.device != fmap_b.device:
         raise InputError(
             f"desc_a ({desc_a.device}), fmap_b ({fmap_b.device}) and uv_b ({uv_b.device}) must be "

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dgeo.errors import InputError
+from dgeo.errors import InputError, require_floating
 from dgeo.geometry.pyramid import FeaturePyramid
-from dgeo.losses._common import check_mask, require_dims, require_float, to_floats
+from dgeo.losses._common import check_mask, require_dims, to_floats
 from dgeo.losses.contrastive import contrastive_terms, top_m_schedule
 from dgeo.losses.gauss_newton import gauss_newton_terms
 
@@ -159,8 +159,8 @@ class GNNetLoss(nn.Module):
         require_dims(uv_a, "uv_a", (b, None, 2), "(B, N, 2) with B of the pyramids")
         n = uv_a.shape[1]
         require_dims(uv_b, "uv_b", (b, n, 2), "(B, N, 2) like uv_a")
-        require_float(uv_a, "uv_a")
-        require_float(uv_b, "uv_b")
+        require_floating(uv_a, "uv_a")
+        require_floating(uv_b, "uv_b")
         device = pyr_a.device
         mask = check_mask(mask, "mask", (b, n), device)
         uv_a, uv_b = uv_a.to(device), uv_b.to(device)

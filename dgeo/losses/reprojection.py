@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 import torch
 
-from dgeo.errors import InputError
+from dgeo.errors import InputError, require_floating
 from dgeo.geometry.camera import Camera
 from dgeo.geometry.pose import Pose
-from dgeo.losses._common import check_mask, require_dims, require_float, to_floats
+from dgeo.losses._common import check_mask, require_dims, to_floats
 from dgeo.optim.kernels import Barron
 
 #: PixLoc's kernel of the reprojection loss
@@ -51,7 +51,7 @@ def _check(
     mask: torch.Tensor | None,
 ) -> torch.Tensor:
     require_dims(points, "points", (None, None, 3), "(B, N, 3)")
-    require_float(points, "points")
+    require_floating(points, "points")
     b, n, _ = points.shape
     if isinstance(camera, torch.Tensor):
         if camera.shape not in ((3, 3), (b, 3, 3)):

@@ -267,6 +267,14 @@ def check_item(item: Mapping, dataset: PairDataset) -> None:
 
 
 # ---------------------------------------------------------------------------------- the base
+def check_split(split: str, val_fraction: float) -> float:
+    """Check a split name of :data:`SPLITS` and the held-out share; returns the share as a
+    float in [0, 1]."""
+    if split not in SPLITS:
+        raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
+    return _finite_float(val_fraction, "val_fraction", 0.0, 1.0)
+
+
 def check_common(height: int, width: int, num_points: int, seed: int) -> None:
     """Raise :class:`InputError` for bad ``height``, ``width``, ``num_points`` or ``seed``."""
     for name, v, lo in (("height", height, 8), ("width", width, 8), ("num_points", num_points, 1)):

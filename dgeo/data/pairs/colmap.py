@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from dgeo.data.pairs.base import (
-    SPLITS,
     LoadError,
     PairDataset,
-    _finite_float,
     check_common,
+    check_split,
     fit_image,
     split_of,
     subsample,
@@ -122,9 +121,7 @@ class ColmapPairs(PairDataset):
         seed: int = 0,
     ):
         check_common(height, width, num_points, seed)
-        if split not in SPLITS:
-            raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
-        val_fraction = _finite_float(val_fraction, "val_fraction", 0.0, 1.0)
+        val_fraction = check_split(split, val_fraction)
         if isinstance(min_shared, bool) or not isinstance(min_shared, int) or min_shared < 1:
             raise InputError(f"min_shared must be a positive integer, got {min_shared!r}.")
         if max_pairs is not None and (not isinstance(max_pairs, int) or max_pairs < 1):

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from dgeo.data.pairs.base import (
-    SPLITS,
     Fit,
     PairDataset,
     _finite_float,
     check_common,
+    check_split,
     fit_image,
     fit_size,
     pack_correspondences,
@@ -145,14 +145,12 @@ class HomographyPairs(PairDataset):
         seed: int = 0,
     ):
         check_common(height, width, num_points, seed)
-        if split not in SPLITS:
-            raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
+        val_fraction = check_split(split, val_fraction)
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise DataFileNotFoundError(
                 f"image folder {self.image_dir} does not exist; pass a folder of photos."
             )
-        val_fraction = _finite_float(val_fraction, "val_fraction", 0.0, 1.0)
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise InputError(f"repeats must be a positive integer, got {repeats!r}.")
         self.max_angle_deg = _finite_float(max_angle_deg, "max_angle_deg", 0.0, 180.0)

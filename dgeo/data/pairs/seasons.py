@@ -33,11 +33,10 @@ import numpy as np
 import torch
 
 from dgeo.data.pairs.base import (
-    SPLITS,
     LoadError,
     PairDataset,
-    _finite_float,
     check_common,
+    check_split,
     fit_image,
     pack_correspondences,
     split_of,
@@ -158,9 +157,7 @@ class SeasonsPairs(PairDataset):
         check_common(height, width, num_points, seed)
         if kind not in KINDS:
             raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}.")
-        if split not in SPLITS:
-            raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
-        val_fraction = _finite_float(val_fraction, "val_fraction", 0.0, 1.0)
+        val_fraction = check_split(split, val_fraction)
         root = Path(root_or_mat)
         if not root.exists():
             raise DataFileNotFoundError(
