@@ -81,3 +81,58 @@ def test_bad_input():
         sample(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5, 2), mode="area")
     with pytest.raises(InputError, match="shape"):
         sample(torch.zeros(1, 4, 4), torch.zeros(1, 5, 2))
+
+
+# ---------------------------------------------------------------------------------- flow warps
+def test_cell_pixels_follow_the_label_convention():
+    from dgeo.geometry import cell_pixels
+
+    g = cell_pixels(2, 3, 8, dtype=torch.float64)
+    assert g.shape == (2, 3, 2)
+    assert g[..., 0].tolist() == [[4, 12, 20], [4, 12, 20]]
+    assert g[..., 1].tolist() == [[4, 4, 4], [12, 12, 12]]
+    assert cell_pixels(2, 2, 1)[1, 1].tolist() == [1.0, 1.0]
+    with pytest.raises(InputError, match="positive"):
+        cell_pixels(0, 3)
+
+
+def test_warp_by_flow_matches_a_direct_shift_and_flags_the_border():
+    from dgeo.geometry import warp_by_flow
+
+    src = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    flow = torch.zeros(2, 2, 5, 6, dtype=torch.float64)
+    flow[:, 0] = 2.0  # each target pixel sees the source two columns to the right
+    out, valid = warp_by_flow(src, flow)
+    torch.testing.assert_close(out[..., :4], src[..., 2:])
+    assert valid[..., :4].all() and not valid[..., 4:].any()
+    # a half-pixel shift blends two neighbours linearly
+    flow[:, 0], flow[:, 1] = 0.5, 0.0
+    out, _ = warp_by_flow(src, flow)
+    torch.testing.assert_close(out[..., :5], 0.5 * (src[..., :5] + src[..., 1:]))
+
+
+def test_warp_by_flow_source_validity_covers_every_blended_neighbour():
+    from dgeo.geometry import warp_by_flow
+
+    src = torch.arange(20.0).reshape(1, 1, 4, 5)
+    flow = torch.zeros(1, 2, 4, 5)
+    flow[:, 0] = 1.5
+    sv = torch.ones(1, 4, 5, dtype=torch.bool)
+    sv[0, 1, 4] = False
+    _, valid = warp_by_flow(src, flow, sv)
+    expect = torch.zeros(4, 5, dtype=torch.bool)
+    expect[:, :3] = True
+    expect[1, 2] = False  # x = 3.5 blends columns 3 and 4; (1, 4) is invalid
+    assert torch.equal(valid[0], expect)
+    _, valid_n = warp_by_flow(src, torch.zeros_like(flow), sv, mode="nearest")
+    assert torch.equal(valid_n, sv)
+    with pytest.raises(InputError, match="flow must have shape"):
+        warp_by_flow(src, flow[:, :1])
+
+
+def test_warp_by_flow_gradients_match_finite_differences():
+    from dgeo.geometry import warp_by_flow
+
+    src = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    flow = (0.3 * torch.randn(1, 2, 4, 5, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda s, f: warp_by_flow(s, f)[0], (src, flow))

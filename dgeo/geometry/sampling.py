@@ -93,3 +93,75 @@ def sample(
         return values, valid
     grads = out[..., c:].reshape(b, -1, c, 2).reshape(b, *lead, c, 2)
     return values, valid, grads
+
+
+def cell_pixels(
+    height: int,
+    width: int,
+    stride: int = 8,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Pixel of every cell of a stride-``stride`` map, ``(height, width, 2)`` as ``(x, y)``.
+
+    Cell ``(i, j)`` stands for pixel ``(stride * j + stride // 2, stride * i + stride // 2)``:
+    the DSAC*/ACE convention, and the pixel whose label ``dgeo synth`` stores in 1/8 KFNet
+    labels. ``stride=1`` gives the plain pixel grid.
+    """
+    if height < 1 or width < 1 or stride < 1:
+        raise InputError(f"cell_pixels needs positive sizes, got {height}x{width} / {stride}.")
+    off = stride // 2 if stride > 1 else 0
+    ys = torch.arange(height, device=device, dtype=dtype) * stride + off
+    xs = torch.arange(width, device=device, dtype=dtype) * stride + off
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)
+
+
+def warp_by_flow(
+    source: torch.Tensor,
+    flow: torch.Tensor,
+    source_valid: torch.Tensor | None = None,
+    mode: Mode = "bilinear",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward warp: ``out(p) = source(p + flow(p))``, with validity instead of zero padding.
+
+    The flow lives on the target frame and points into the source frame (KFNet's convention),
+    in pixels of the maps' own grid. Points outside the pixel-centre grid of ``source`` are
+    invalid (their values are border-replicated, never zeros); with ``source_valid``, a bilinear
+    sample is valid only where all four neighbours it blends are valid.
+
+    Args:
+        source: ``(B, C, H, W)`` maps (e.g. scene coordinates, variances).
+        flow: ``(B, 2, H, W)`` as ``(dx, dy)``.
+        source_valid: optional ``(B, H, W)`` bool validity of the source pixels.
+        mode: ``"bilinear"`` or ``"nearest"``.
+    Returns:
+        ``(warped (B, C, H, W), valid (B, H, W))``; differentiable w.r.t. source and flow.
+    """
+    require_shape(source, "source", last=[None, None, None, None])
+    b, _, h, w = source.shape
+    if tuple(flow.shape) != (b, 2, h, w):
+        raise InputError(f"flow must have shape {(b, 2, h, w)}, got {tuple(flow.shape)}.")
+    grid = cell_pixels(h, w, 1, device=source.device, dtype=source.dtype)
+    uv = grid + flow.to(source.dtype).permute(0, 2, 3, 1)  # (B, H, W, 2)
+    values, valid = sample(source, uv, mode=mode)
+    if source_valid is not None:
+        if tuple(source_valid.shape) != (b, h, w):
+            raise InputError(
+                f"source_valid must have shape {(b, h, w)}, got {tuple(source_valid.shape)}."
+            )
+        m = source_valid[:, None].to(source.dtype)
+        if mode == "bilinear":  # every neighbour blended with a non-zero weight must be valid
+            near = torch.floor(uv)  # only the 4 blended neighbours count: test them exactly
+            corners = [near, near + near.new_tensor([1.0, 0.0])]
+            corners += [near + near.new_tensor([0.0, 1.0]), near + 1]
+            ok = torch.ones_like(valid)
+            for cnr in corners:
+                frac = (uv - cnr).abs()
+                weight = (1 - frac).clamp_min(0).prod(-1)
+                v, _ = sample(m, cnr, mode="nearest")
+                ok = ok & ((weight <= 0) | (v[..., 0] > 0.5))
+            valid = valid & ok
+        else:
+            v, _ = sample(m, uv, mode="nearest")
+            valid = valid & (v[..., 0] > 0.5)
+    return values.permute(0, 3, 1, 2), valid
