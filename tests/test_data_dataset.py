@@ -159,6 +159,7 @@ def test_refuses_non_empty_output_and_overwrites_atomically(dataset, tmp_path):
         (dict(queries=0), "queries"),
         (dict(conditions=()), "at least one"),
         (dict(sequence_length=-2), "sequence_length"),
+        (dict(sequence_fps=0.0), "sequence_fps"),
         (dict(label_stride=4), "label_stride"),
     ],
 )
@@ -202,3 +203,21 @@ def test_cli(tmp_path, monkeypatch, capsys):
             main()
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and msg in err and len(err.splitlines()) == 1
+
+
+def test_reference_condition_among_conditions_adds_a_held_out_sequence(tmp_path):
+    from conftest import render_synth
+
+    root = render_synth(
+        tmp_path / "room", scene="room", seed=5, references=2, queries=1, width=64, height=48,
+        conditions=("overcast-reference",), sequence_length=2, label_stride=8, max_keypoints=32,
+        sequence_fps=5.0,
+    )  # fmt: skip
+    mapping, held_out = root / "sequences" / "overcast-reference", root / "sequences"
+    held_out = held_out / "overcast-reference-test"
+    assert (mapping / "camera.txt").is_file() and (held_out / "camera.txt").is_file()
+    _, a = read_hloc_results(mapping / "poses.txt")
+    _, b = read_hloc_results(held_out / "poses.txt")
+    assert float((a.center() - b.center()).norm(dim=-1).min()) > 0.05  # another path
+    step = float((a.center()[1] - a.center()[0]).norm())
+    assert abs(step - 0.5 / 5.0) < 0.02  # 0.5 m/s at 5 frames per second

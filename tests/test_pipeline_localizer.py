@@ -101,3 +101,12 @@ def test_bad_queries_raise_clear_errors(setup):
         s["loc"].localize_many(["a", "b"], s["images"][:1], [s["cams"][0]])
     cam = Camera("PINHOLE", 320, 240, [200.0, 200, 159.5, 119.5])
     assert s["loc"].localize_many([], [], [cam][:0]) == []
+
+
+def test_select_option_is_checked_and_auto_follows_the_features():
+    from dgeo.errors import InputError
+    from dgeo.pipeline.localizer import SELECT
+
+    assert LocalizerConfig().select == "auto" and set(SELECT) == {"auto", "inlier-ratio", "inliers"}
+    with pytest.raises(InputError, match="select must be one of"):
+        LocalizerConfig(select="most")

@@ -66,6 +66,11 @@ def localize_command(
         None, help="Weights of the features (unet: a dgeo model file; vgg: a VGG-16 checkpoint)."
     ),
     top_k: int = typer.Option(10, help="References retrieved per query."),
+    select: str = typer.Option(
+        "auto",
+        help="Winner among the retrieved references: inlier-ratio (inliers / matches), inliers "
+        "(S2DHM's count) or auto (the ratio for learned features, the count for dense-sift).",
+    ),
     refine: bool = typer.Option(
         True, "--refine/--no-refine", help="Feature-metric refinement of the RANSAC pose."
     ),
@@ -91,6 +96,7 @@ def localize_command(
         weights=None if weights is None else str(weights),
         max_size=max_size or None,
         top_k=top_k,
+        select=select,
         refine=refine,
     )
     main_rank = os.environ.get("RANK", "0") == "0"

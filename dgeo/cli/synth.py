@@ -23,6 +23,9 @@ def synth(
     queries: int = typer.Option(10, help="Query images per condition."),
     conditions: str = typer.Option("night,snow", help="Comma-separated query conditions."),
     sequence_length: int = typer.Option(0, help="Frames per temporal sequence (0: none)."),
+    sequence_fps: float | None = typer.Option(
+        None, help="Frame rate of the sequences (room 30, street 10); lower covers more ground."
+    ),
     size: str = typer.Option("640x480", help="Image size WIDTHxHEIGHT."),
     camera: str = typer.Option("SIMPLE_RADIAL", help="Camera model: SIMPLE_RADIAL or PINHOLE."),
     fov: float = typer.Option(70.0, help="Horizontal field of view, degrees."),
@@ -53,6 +56,7 @@ def synth(
         queries=queries,
         conditions=comma_list(conditions),
         sequence_length=sequence_length,
+        sequence_fps=sequence_fps,
         width=width,
         height=height,
         camera_model=camera,

@@ -1,4 +1,5 @@
-"""Saving and loading dense extractors, and the registry the CLI builds them from.
+"""Saving and loading dense extractors and networks, and the registry the CLI builds
+extractors from.
 
 A dgeo model file is one ``torch.save`` of a plain dict::
 
@@ -7,7 +8,10 @@ A dgeo model file is one ``torch.save`` of a plain dict::
 
 written atomically (:func:`dgeo.io.atomic.atomic_open`) and read back with
 ``torch.load(weights_only=True)``, so loading never runs code from the file. The model is rebuilt
-with ``cls(**config)`` and its state dict loaded strictly.
+with ``cls(**config)`` and its state dict loaded strictly. Besides the extractors of
+:data:`MODELS`, the scene-coordinate and flow networks of :data:`NETWORKS` (``SCoordNet``,
+``OFlowNet``, ``KFNet``, and ACE's ``ACEHead``/``ACEModel`` from :mod:`dgeo.models.ace`)
+use the same file format; their ``config`` property gives the JSON constructor kwargs.
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from dgeo.errors import DataFileNotFoundError, InputError, ParseError
 from dgeo.io.atomic import atomic_open
 from dgeo.models.base import DenseExtractor, safe_torch_load
 from dgeo.models.dense_sift import DenseSIFT, ImagePyramid
+from dgeo.models.kfnet import KFNet
+from dgeo.models.oflownet import OFlowNet
+from dgeo.models.scoordnet import SCoordNet
 from dgeo.models.unet import UNetPyramid
 from dgeo.models.vgg import VGGHypercolumn, vgg16_trunk_state_dict
 
@@ -41,6 +49,26 @@ MODELS: dict[str, type[DenseExtractor]] = {
     "image": ImagePyramid,
 }
 CLASSES: dict[str, type[DenseExtractor]] = {cls.__name__: cls for cls in MODELS.values()}
+#: Networks other than extractors that :func:`save` / :func:`load` handle, by class name (each
+#: has a ``config`` property of JSON constructor kwargs). See :func:`networks` for the full set.
+NETWORKS: dict[str, type[nn.Module]] = {
+    "SCoordNet": SCoordNet,
+    "OFlowNet": OFlowNet,
+    "KFNet": KFNet,
+}
+
+
+def networks() -> dict[str, type[nn.Module]]:
+    """:data:`NETWORKS` plus ACE's ``ACEHead`` and ``ACEModel`` from :mod:`dgeo.models.ace`
+    (imported lazily, as it may import this module)."""
+    out = dict(NETWORKS)
+    from dgeo.models import ace
+
+    for name in ("ACEHead", "ACEModel"):
+        cls = getattr(ace, name, None)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            out[name] = cls
+    return out
 
 
 def build(name: str, **config: Any) -> DenseExtractor:
@@ -61,16 +89,22 @@ def build(name: str, **config: Any) -> DenseExtractor:
     return cls(**config)
 
 
-def save(model: DenseExtractor, path: str | Path) -> Path:
+def save(model: nn.Module, path: str | Path) -> Path:
     """Write ``model`` (class name, config and weights) to one file at ``path``, atomically.
 
+    ``model`` is a dgeo extractor (:data:`CLASSES`) or network (:func:`networks`).
+
     Returns:
-        the path written. Weights are stored on the CPU.
+        the path written. Weights (and buffers, e.g. SCoordNet's transform) are stored on the
+        CPU.
     """
-    if not isinstance(model, DenseExtractor) or type(model).__name__ not in CLASSES:
+    name = type(model).__name__
+    nets = networks()
+    is_extractor = isinstance(model, DenseExtractor) and name in CLASSES
+    if not is_extractor and not (name in nets and isinstance(model, nets[name])):
         raise InputError(
-            f"save expects one of the dgeo extractors {', '.join(CLASSES)}, got "
-            f"{type(model).__name__}."
+            f"save expects one of the dgeo extractors {', '.join(CLASSES)} or networks "
+            f"{', '.join(nets)}, got {name}."
         )
     try:
         config = json.loads(json.dumps(model.config))
@@ -109,8 +143,8 @@ def _what_is(obj: Any) -> str:
     return f"holds a {type(obj).__name__}, not a dgeo model file written by dgeo.models.save."
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> DenseExtractor:
-    """Load an extractor written by :func:`save`, on ``map_location``.
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load an extractor or network written by :func:`save`, on ``map_location``.
 
     Raises:
         DataFileNotFoundError: ``path`` does not exist.
@@ -131,14 +165,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> DenseExt
             f"has format version {version!r}; this dgeo reads up to {VERSION}, upgrade dgeo.",
         )
     name, config, state = obj.get("class"), obj.get("config"), obj.get("state_dict")
-    if name not in CLASSES:
+    known = {**CLASSES, **networks()}
+    if name not in known:
         raise ParseError(
-            path, None, f"holds an unknown model class {name!r}; known: {', '.join(CLASSES)}."
+            path, None, f"holds an unknown model class {name!r}; known: {', '.join(known)}."
         )
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise ParseError(path, None, "lacks a 'config' or 'state_dict' dict; save it again.")
     try:
-        model = CLASSES[name](**config)
+        model = known[name](**config)
     except (TypeError, InputError) as exc:
         raise ParseError(path, None, f"has a config that {name} rejects: {exc}") from None
     try:
@@ -168,4 +203,6 @@ def default_weights() -> Path:
 
 def default_model(map_location: str | torch.device = "cpu") -> DenseExtractor:
     """The shipped U-Net (:func:`default_weights`), loaded on ``map_location``, in eval mode."""
-    return load(default_weights(), map_location).eval()
+    model = load(default_weights(), map_location).eval()
+    assert isinstance(model, DenseExtractor)
+    return model

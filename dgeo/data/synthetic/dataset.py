@@ -10,7 +10,11 @@ Layout of the folder (also written to its ``README.txt``)::
     queries_gt.txt                            ground truth, hloc results format (world-to-camera)
     sequences/<condition>/                    KFNet inputs: image_list.txt, label_list.txt,
                                               images/, labels/ (float32 H x W x 4), transform.txt,
-                                              poses.txt (ground truth, hloc results format)
+                                              poses.txt (ground truth, hloc results format),
+                                              camera.txt (MODEL W H params, COLMAP convention);
+                                              the reference condition among the query
+                                              conditions adds overcast-reference-test/, a
+                                              second, held-out path under the mapping condition
 
 Everything is rendered into a temporary sibling folder that is renamed into place at the end, so
 an interrupted run never leaves a half-written dataset.
@@ -30,6 +34,7 @@ import cv2
 import numpy as np
 import torch
 
+from dgeo.data.sequences import write_camera_file
 from dgeo.data.synthetic.conditions import CONDITIONS
 from dgeo.data.synthetic.mapping import build_reference_map
 from dgeo.data.synthetic.scenes import make_scene
@@ -68,6 +73,10 @@ class SynthConfig:
         queries: query images per condition.
         conditions: query conditions (names of ``dgeo.data.synthetic.appearance.CONDITIONS``).
         sequence_length: frames of the temporal sequence rendered per condition (0: none).
+        sequence_fps: frame rate of the sequences (None: the trajectory's default, 30 for the
+            room's hand-held walk at 0.5 m/s, 10 for the street's drive at 8 m/s); lower rates
+            cover more of the scene in the same number of frames, with larger motion between
+            frames.
         width, height: image size in pixels.
         camera_model: ``"SIMPLE_RADIAL"`` (mild distortion) or ``"PINHOLE"``.
         fov_deg: horizontal field of view.
@@ -84,6 +93,7 @@ class SynthConfig:
     queries: int = 10
     conditions: tuple[str, ...] = ("night", "snow")
     sequence_length: int = 0
+    sequence_fps: float | None = None
     width: int = 640
     height: int = 480
     camera_model: str = "SIMPLE_RADIAL"
@@ -113,6 +123,8 @@ class SynthConfig:
             raise InputError(f"queries (per condition) must be at least 1, got {self.queries}.")
         if self.sequence_length < 0:
             raise InputError(f"sequence_length must be >= 0 (0: none), got {self.sequence_length}.")
+        if self.sequence_fps is not None and not self.sequence_fps > 0:
+            raise InputError(f"sequence_fps must be positive, got {self.sequence_fps}.")
         if self.width < 16 or self.height < 16:
             raise InputError(f"size must be at least 16x16, got {self.width}x{self.height}.")
         if self.camera_model not in ("SIMPLE_RADIAL", "PINHOLE"):
@@ -204,8 +216,12 @@ def kfnet_transform(points: torch.Tensor) -> torch.Tensor:
     return T
 
 
-def _write_sequence(folder: Path, views: Views, poses: Pose, stride: int) -> None:
-    """One KFNet sequence: images, scene-coordinate labels, lists, transform and poses."""
+def _write_sequence(
+    folder: Path, views: Views, poses: Pose, stride: int, camera: Camera | None = None
+) -> None:
+    """One KFNet sequence: images, scene-coordinate labels, lists, transform, poses and (with
+    ``camera``) ``camera.txt`` (:func:`dgeo.data.sequences.write_camera_file`)."""
+
     names = [f"frame_{i:05d}.png" for i in range(poses.shape[0])]
     _write_views(folder, names, views, depth=False)  # sequences carry labels, not depth
     labels = []
@@ -226,6 +242,8 @@ def _write_sequence(folder: Path, views: Views, poses: Pose, stride: int) -> Non
     every10 = views.points[::10].permute(0, 2, 3, 1)[views.valid[::10, 0]]
     write_transform(folder / "transform.txt", kfnet_transform(every10))
     write_hloc_results(folder / "poses.txt", [f"images/{n}" for n in names], poses)
+    if camera is not None:
+        write_camera_file(folder / "camera.txt", camera)
 
 
 README = """dgeo synthetic dataset
@@ -241,7 +259,10 @@ queries_gt.txt          ground-truth query poses, hloc results format (name qw q
                         world-to-camera)
 sequences/<cond>/       KFNet sequences ({sequences}): image_list.txt, label_list.txt
                         (raw float32 HxWx4: world xyz + validity, xyz = -1 where invalid, at
-                        1/{stride} resolution), transform.txt, poses.txt (ground truth)
+                        1/{stride} resolution), transform.txt, poses.txt (ground truth),
+                        camera.txt (one line MODEL W H params, COLMAP convention);
+                        overcast-reference/ is the mapping sequence, overcast-reference-test/
+                        (when listed among the conditions) a held-out one
 
 World: metres, z up. Every pose is cam_from_world (x_cam = R x_world + t).
 Regenerate: dgeo synth OUT --scene {scene} --seed {seed} --references {refs} ...
@@ -331,11 +352,15 @@ def write_dataset(
         if cfg.sequence_length:
             traj = driving_trajectory if cfg.scene == "street" else handheld_trajectory
             for k, cond in enumerate((REFERENCE_CONDITION, *cfg.conditions)):
-                poses = traj(scene, cfg.sequence_length, seed=cfg.seed + 104729 * (k + 1))
+                rate = {} if cfg.sequence_fps is None else {"fps": cfg.sequence_fps}
+                poses = traj(scene, cfg.sequence_length, seed=cfg.seed + 104729 * (k + 1), **rate)
                 seeds = _seeds(cfg.seed, 1000 + k, cfg.sequence_length)
                 views = _render_set(scene, camera, poses, cond, seeds, cfg, tick)
-                _write_sequence(tmp / "sequences" / cond, views, poses, cfg.label_stride)
-                sequences[cond] = cfg.sequence_length
+                # the reference condition among the query conditions: a second, held-out
+                # same-condition sequence (another path through the scene)
+                folder = f"{cond}-test" if k and cond == REFERENCE_CONDITION else cond
+                _write_sequence(tmp / "sequences" / folder, views, poses, cfg.label_stride, camera)
+                sequences[folder] = cfg.sequence_length
 
         lengths = (ref_map.track_offsets[1:] - ref_map.track_offsets[:-1]).double()
         summary = SynthSummary(

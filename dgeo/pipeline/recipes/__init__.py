@@ -2,7 +2,9 @@
 
 - :class:`TrainConfig` (:mod:`.config`): a run's options; JSON / TOML files; resume layering.
 - :class:`Task` (:mod:`.base`): the recipe contract (model, datasets, loss, validation);
-  :class:`GNNetTask` (:mod:`.gnnet`), :class:`PixLocTask` (:mod:`.pixloc`).
+  :class:`GNNetTask` (:mod:`.gnnet`), :class:`PixLocTask` (:mod:`.pixloc`); scene
+  coordinates on KFNet sequence folders: :class:`ScoordnetTask` (:mod:`.scoordnet`),
+  :class:`OflownetTask` (:mod:`.oflownet`), :class:`KfnetTask` (:mod:`.kfnet`).
 - :class:`Trainer` (:mod:`.trainer`): seeded data order, AdamW + schedules, AMP, clipping,
   DDP under ``torchrun``, validation, exact resume from atomic checkpoints
   (:mod:`.checkpoint`), ``metrics.csv`` / TensorBoard (:mod:`.logs`).
@@ -14,12 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgeo.errors import InputError
+from dgeo.pipeline.recipes.ace import ACETask
 from dgeo.pipeline.recipes.base import Task, build_extractor, pair_pyramids
 from dgeo.pipeline.recipes.checkpoint import load_checkpoint
 from dgeo.pipeline.recipes.config import TrainConfig, read_config_file, resolve_config
 from dgeo.pipeline.recipes.gnnet import GNNetTask
+from dgeo.pipeline.recipes.kfnet import KfnetTask
 from dgeo.pipeline.recipes.logs import read_metrics
+from dgeo.pipeline.recipes.oflownet import OflownetTask
 from dgeo.pipeline.recipes.pixloc import PixLocTask
+from dgeo.pipeline.recipes.scoordnet import ScoordnetTask
 from dgeo.pipeline.recipes.trainer import (
     Echo,
     EpochBatchSampler,
@@ -31,13 +37,24 @@ from dgeo.pipeline.recipes.trainer import (
 )
 
 #: The recipes ``dgeo train`` knows, by name.
-RECIPES: dict[str, type[Task]] = {"gnnet": GNNetTask, "pixloc": PixLocTask}
+RECIPES: dict[str, type[Task]] = {
+    "gnnet": GNNetTask,
+    "pixloc": PixLocTask,
+    "scoordnet": ScoordnetTask,
+    "oflownet": OflownetTask,
+    "kfnet": KfnetTask,
+    "ace": ACETask,
+}
 
 __all__ = [
     "RECIPES",
+    "ACETask",
     "EpochBatchSampler",
     "GNNetTask",
+    "KfnetTask",
+    "OflownetTask",
     "PixLocTask",
+    "ScoordnetTask",
     "Task",
     "TrainConfig",
     "TrainResult",

@@ -61,6 +61,15 @@ class Task:
         :func:`dgeo.data.pairs.build_dataset` (val: the first ``val_pairs`` of split ``val``)."""
         return build_pair_datasets(self.config)
 
+    def collate_fn(self) -> Callable[[Any], Batch] | None:
+        """The collate function of the training loader (None: torch's ``default_collate``).
+
+        A training set whose ``__getitems__(indices)`` returns a whole batch at once (e.g. ACE's
+        feature buffer, gathered by one indexing operation instead of thousands of items)
+        pairs with :func:`identity_collate`.
+        """
+        return None
+
     def parameter_groups(self, model: nn.Module) -> Iterable[Any]:
         """What AdamW optimises (default: every parameter that requires grad)."""
         return [p for p in model.parameters() if p.requires_grad]
@@ -82,6 +91,12 @@ class Task:
         from dgeo.models import save
 
         return save(model, path)
+
+
+def identity_collate(batch: Any) -> Any:
+    """A collate function that returns what the data set's ``__getitems__`` gave (a finished
+    batch); see :meth:`Task.collate_fn`."""
+    return batch
 
 
 def build_pair_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:

@@ -58,11 +58,15 @@ RUNTIME_FIELDS = frozenset(
         "epochs",
         "steps",
         "init_weights",
+        "init_scoordnet",
+        "init_oflownet",
     }
 )
 #: Fields that define the model; a resumed run checks the model itself (class and config of the
 #: checkpoint's weights) instead of comparing these.
-MODEL_FIELDS = frozenset({"model", "model_config", "init_weights"})
+MODEL_FIELDS = frozenset(
+    {"model", "model_config", "init_weights", "init_scoordnet", "init_oflownet"}
+)
 
 
 @dataclass
@@ -103,6 +107,15 @@ class TrainConfig:
         loss: options of the recipe's loss / task (see each recipe).
         data_options: extra keyword arguments of the data sets (e.g. ``num_pairs``,
             ``cache_dir``).
+        input_folder: training sequence folders of the scene-coordinate recipes (``scoordnet``,
+            ``oflownet``, ``kfnet``): KFNet folders or `dgeo synth` roots
+            (:func:`dgeo.data.sequences.resolve_input_folder`).
+        val_folder: their validation folders; None: frames of ``input_folder``.
+        camera: camera of the sequence folders (:func:`dgeo.data.sequences.parse_camera`: a
+            file, an inline ``"PINHOLE 640 480 525 525 320 240"``, ``"7scenes"``); None: each
+            folder's ``camera.txt``.
+        init_scoordnet, init_oflownet: model files of a trained SCoordNet / OFlowNet that
+            ``kfnet`` fine-tunes (or that ``scoordnet`` / ``oflownet`` start from).
     """
 
     recipe: str = "gnnet"
@@ -135,6 +148,11 @@ class TrainConfig:
     device: str = "auto"
     loss: dict[str, Any] = field(default_factory=dict)
     data_options: dict[str, Any] = field(default_factory=dict)
+    input_folder: list[str] = field(default_factory=list)
+    val_folder: list[str] | None = None
+    camera: str | None = None
+    init_scoordnet: str | None = None
+    init_oflownet: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -147,6 +165,17 @@ class TrainConfig:
         if self.val_data is not None:
             self.val_data = [self.val_data] if isinstance(self.val_data, str) else self.val_data
             self.val_data = [str(s) for s in self.val_data]
+        for name in ("input_folder", "val_folder"):
+            value = getattr(self, name)
+            if value is not None:
+                value = [value] if isinstance(value, str) else value
+                setattr(self, name, [str(s) for s in value])
+        if self.input_folder is None:
+            self.input_folder = []
+        for name in ("camera", "init_scoordnet", "init_oflownet"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                setattr(self, name, str(value))
         for name in ("epochs", "batch_size", "height", "width", "num_points"):
             _positive_int(self, name)
         for name in ("warmup", "val_pairs", "val_every", "checkpoint_every", "workers", "seed"):

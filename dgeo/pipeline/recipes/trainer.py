@@ -429,6 +429,7 @@ class _Run:
             batch_sampler=sampler,
             num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda",
+            collate_fn=self.task.collate_fn(),
             # its own generator: creating an iterator never draws from the global RNG, so a
             # resumed run's RNG stream matches the uninterrupted one's
             generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, state.epoch)),
