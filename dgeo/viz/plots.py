@@ -19,7 +19,7 @@ from dgeo.geometry import Pose
 from dgeo.io.atomic import atomic_open
 
 # BGR colours
-_BG = (250, 250, 248)
+BG = (250, 250, 248)
 _POINT = (175, 175, 175)
 _REF = (200, 140, 60)
 _TRUE = (60, 160, 40)
@@ -37,10 +37,31 @@ def _centres_dirs(poses: Pose) -> tuple[np.ndarray, np.ndarray]:
     return c, np.where(n > 1e-9, d / np.maximum(n, 1e-9), 0.0)
 
 
-def _nice_length(x: float) -> float:
+def nice_length(x: float) -> float:
     """The largest of 1, 2, 5 x 10^k not above ``x``."""
     k = 10 ** math.floor(math.log10(x))
     return max(m * k for m in (1, 2, 5) if m * k <= x)
+
+
+def fit_canvas(
+    points: np.ndarray, size: int, margin: float, min_span: float
+) -> tuple[np.ndarray, np.ndarray, float, int, int, np.ndarray]:
+    """A top-down canvas around ``points (N, 2)``: the longest side ``size`` px, a ``margin``
+    (fraction of the longest span) on every side, content centred.
+
+    Returns:
+        ``(lo, hi, scale, W, H, off)``: the plotted box, pixels per unit, canvas size and the
+        offset that centres the content (a point ``p`` lands at ``(p - lo) * scale + off``).
+    """
+    lo, hi = points.min(0), points.max(0)
+    span = np.maximum(hi - lo, min_span)
+    lo, hi = lo - margin * span.max(), hi + margin * span.max()
+    span = hi - lo
+    scale = (size - 1) / span.max()
+    W = max(int(span[0] * scale) + 1, size // 2)
+    H = max(int(span[1] * scale) + 1, size // 3)
+    off = (np.array([W, H]) - 1 - span * scale) / 2
+    return lo, hi, scale, W, H, off
 
 
 def plot_localization(
@@ -86,16 +107,9 @@ def plot_localization(
     if not parts:
         raise InputError("nothing to plot: no points and no poses.")
     allp = np.concatenate(parts)
-    lo, hi = allp.min(0), allp.max(0)
-    span = np.maximum(hi - lo, 1e-6)
-    lo, hi = lo - 0.06 * span.max(), hi + 0.06 * span.max()
-    span = hi - lo
-    scale = (size - 1) / span.max()
-    W = max(int(span[0] * scale) + 1, size // 2)
-    H = max(int(span[1] * scale) + 1, size // 3)
-    off = (np.array([W, H]) - 1 - span * scale) / 2  # centre the content
+    lo, hi, scale, W, H, off = fit_canvas(allp, size, 0.06, 1e-6)
     top = 44  # room for the title and legend
-    img = np.full((H + top, W, 3), _BG, np.uint8)
+    img = np.full((H + top, W, 3), BG, np.uint8)
 
     def px(p: np.ndarray) -> np.ndarray:
         q = (p - lo) * scale + off
@@ -144,7 +158,7 @@ def plot_localization(
         cv2.circle(img, (x + 5, 31), 5, color, -1, aa)
         cv2.putText(img, label, (x + 14, 35), font, 0.42, _TEXT, 1, aa)
         x += 26 + 8 * len(label)
-    bar = _nice_length(0.2 * span.max())
+    bar = nice_length(0.2 * (hi - lo).max())
     y0, x0 = H + top - 14, W - 14 - int(bar * scale)
     cv2.line(img, (x0, y0), (x0 + int(bar * scale), y0), _TEXT, 2, aa)
     cv2.putText(img, f"{bar:g} m", (x0, y0 - 6), font, 0.42, _TEXT, 1, aa)

@@ -18,13 +18,13 @@ import torch
 from dgeo.errors import InputError
 from dgeo.geometry import Pose
 from dgeo.io.atomic import atomic_open
+from dgeo.viz.plots import BG, fit_canvas, nice_length
 
 __all__ = ["AXES", "plot_trajectory", "view_axes"]
 
 #: Accepted ``axes`` of :func:`plot_trajectory`.
 AXES = ("auto", "xy", "xz", "yz")
 # BGR colours
-_BG = (250, 250, 248)
 _TRUE = (60, 160, 40)
 _EST = (40, 40, 220)
 _LINK = (0, 170, 240)
@@ -42,12 +42,6 @@ def view_axes(centres: np.ndarray, axes: str = "auto") -> tuple[int, int]:
     drop = int(np.nanargmin(spread)) if np.isfinite(spread).any() else 2
     keep = [k for k in range(3) if k != drop]
     return keep[0], keep[1]
-
-
-def _nice_length(x: float) -> float:
-    """The largest of 1, 2, 5 x 10^k not above ``x``."""
-    k = 10 ** math.floor(math.log10(x))
-    return max(m * k for m in (1, 2, 5) if m * k <= x)
 
 
 def plot_trajectory(
@@ -108,16 +102,9 @@ def plot_trajectory(
     allp = np.concatenate([p for p in parts if len(p)]) if parts else np.zeros((0, 2))
     if not len(allp):
         raise InputError("no finite camera centre to plot.")
-    lo, hi = allp.min(0), allp.max(0)
-    span = np.maximum(hi - lo, 1e-3)
-    lo, hi = lo - 0.08 * span.max(), hi + 0.08 * span.max()
-    span = hi - lo
-    scale = (size - 1) / span.max()
-    W = max(int(span[0] * scale) + 1, size // 2)
-    H = max(int(span[1] * scale) + 1, size // 3)
-    off = (np.array([W, H]) - 1 - span * scale) / 2
+    lo, hi, scale, W, H, off = fit_canvas(allp, size, 0.08, 1e-3)
     top = 48
-    img = np.full((H + top, W, 3), _BG, np.uint8)
+    img = np.full((H + top, W, 3), BG, np.uint8)
     aa = cv2.LINE_AA
 
     def px(p: np.ndarray) -> np.ndarray:
@@ -130,7 +117,7 @@ def plot_trajectory(
         return int(u), int(v)
 
     # grid at the scale bar's spacing
-    bar = _nice_length(0.2 * span.max())
+    bar = nice_length(0.2 * (hi - lo).max())
     x0, x1 = math.floor(float(lo[0]) / bar), math.ceil(float(hi[0]) / bar)
     for k in range(x0, x1 + 1):
         u = round(float((k * bar - lo[0]) * scale + off[0]))
@@ -162,7 +149,7 @@ def plot_trajectory(
     legend = [("estimated", _EST)]
     if g2 is not None:
         legend = [("ground truth", _TRUE), *legend, ("error", _LINK)]
-    legend.append((f"view: {'xyz'[i]} right, {'xyz'[j]} up", _BG))
+    legend.append((f"view: {'xyz'[i]} right, {'xyz'[j]} up", BG))
     for label, color in legend:
         cv2.circle(img, (x + 5, 34), 5, color, -1, aa)
         cv2.putText(img, label, (x + 14, 38), font, 0.42, _TEXT, 1, aa)
