@@ -2,11 +2,14 @@
 dgeo's feature localizer on the same frames.
 
 Data: one ``dgeo synth`` room (``write_dataset``) with temporal sequences in KFNet's format at
-``--size`` with 1/8 labels: ``overcast-reference`` (the mapping sequence: ``--length`` frames
-at ``--fps`` of a 0.5 m/s walk, by default once around the room's closed path), and test
-sequences on other paths through the room: ``overcast-reference-test`` (same condition) and one per
-``--conditions`` (condition change), ``--length`` frames each, plus ``--references`` reference
-images and their COLMAP model for the feature localizer.
+``--size`` with 1/8 labels, ``--length`` frames at ``--fps`` of a 0.5 m/s walk (by default once
+around the room's closed path), and ``--references`` reference images with their COLMAP model
+for the feature localizer. ``--split interleaved`` (default): every sequence walks the same
+path, the even frames of ``overcast-reference`` map, and the odd frames are the tests:
+``overcast-reference-test`` (same condition) and one per ``--conditions`` (condition change),
+as 7-Scenes' test sequences revisit the places of its training ones. ``--split paths``: the
+whole ``overcast-reference`` sequence maps and the tests walk other paths through the room
+(new viewpoints: a far harder generalisation test).
 
 Methods (every one maps / trains on the mapping sequence only, and is timed):
 
@@ -29,7 +32,7 @@ and a last one checks the issue's targets: KFNet lowers SCoordNet's median posit
 least 20 % and has fewer outlier frames; ACE reaches >= 80 % under (5 cm, 5°) on same-condition
 frames within 10 minutes of CPU mapping. ``--json PATH`` writes the same numbers.
 
-A default run on a 2-core CPU takes about 30 minutes (training dominates); ``--quick`` about 8.
+A default run on a 2-core CPU takes about 25 minutes (training dominates); ``--quick`` about 10.
 ``--device cuda`` trains and runs the networks on the GPU (ACE's 10-minute target is about CPU
 mapping: compare ``mapping s`` from a CPU run).
 """
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -54,6 +58,7 @@ from dgeo.data.synthetic.dataset import SynthConfig, write_dataset
 from dgeo.eval.metrics import pose_errors
 from dgeo.geometry import Pose
 from dgeo.io.colmap import load_reference_map
+from dgeo.io.formats import read_hloc_results, write_hloc_results, write_path_list
 from dgeo.models import load
 from dgeo.pipeline.localizer import Localizer, LocalizerConfig
 from dgeo.pipeline.recipes import TrainConfig, train
@@ -80,32 +85,58 @@ class Row:
     errors_deg: list[float] = field(default_factory=list)
 
 
-def render(args, console: Console) -> Path:
-    """The synthetic room with its sequences (cached in ``--out``)."""
+def render(args, console: Console) -> tuple[Path, Path, dict[str, Path]]:
+    """The synthetic room (cached in ``--out``): ``(root, mapping folder, test folders)``."""
     root = args.out / "data"
     w, h = (int(v) for v in args.size.split("x"))
-    if (root / "sequences" / SAME).is_dir():
-        console.print(f"data: reusing {root}")
-        return root
-    t = time.perf_counter()
-    cfg = SynthConfig(
-        scene="room", seed=args.seed, references=args.references, queries=1,
-        conditions=(MAPPING, *args.conditions), sequence_length=args.length, width=w, height=h,
-        label_stride=8, camera_model="PINHOLE", sequence_fps=args.fps,
-    )  # fmt: skip
-    write_dataset(root, cfg)
-    console.print(f"data: rendered {root} in {time.perf_counter() - t:.0f} s")
-    return root
+    interleaved = args.split == "interleaved"
+    conditions = tuple(args.conditions) if interleaved else (MAPPING, *args.conditions)
+    if not (root / "README.txt").is_file():
+        t = time.perf_counter()
+        cfg = SynthConfig(
+            scene="room", seed=args.seed, references=args.references, queries=1,
+            conditions=conditions, sequence_length=args.length, width=w, height=h,
+            label_stride=8, camera_model="PINHOLE", sequence_fps=args.fps,
+            shared_path=interleaved,
+        )  # fmt: skip
+        write_dataset(root, cfg)
+        console.print(f"data: rendered {root} in {time.perf_counter() - t:.0f} s")
+    seqs = root / "sequences"
+    if not interleaved:
+        return root, seqs / MAPPING, {s: seqs / s for s in (SAME, *args.conditions)}
+    split = root / "split"
+    tests = {SAME: split / SAME} | {c: split / c for c in args.conditions}
+    subset(seqs / MAPPING, split / "map", 0)
+    subset(seqs / MAPPING, tests[SAME], 1)
+    for c in args.conditions:
+        subset(seqs / c, tests[c], 1)
+    return root, split / "map", tests
 
 
-def train_recipe(recipe: str, root: Path, args, steps: int, **extra) -> tuple[Path, float]:
-    """Train ``recipe`` on the mapping sequence; ``(model file, seconds)``."""
+def subset(src: Path, dst: Path, parity: int) -> None:
+    """A KFNet folder of the even (``parity`` 0) or odd frames of ``src``, by reference."""
+    if (dst / "poses.txt").is_file():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    rel = Path("..") / ".." / "sequences" / src.name
+    for name in ("image_list.txt", "label_list.txt"):
+        lines = (src / name).read_text().split()
+        write_path_list(dst / name, [(rel / e).as_posix() for e in lines[parity::2]])
+    for name in ("transform.txt", "camera.txt"):
+        shutil.copy(src / name, dst / name)
+    names, poses = read_hloc_results(src / "poses.txt")
+    keep = list(range(parity, len(names), 2))
+    write_hloc_results(dst / "poses.txt", [(rel / names[i]).as_posix() for i in keep], poses[keep])
+
+
+def train_recipe(recipe: str, mapping: Path, args, steps: int, **extra) -> tuple[Path, float]:
+    """Train ``recipe`` on the ``mapping`` folder; ``(model file, seconds)``."""
     out = args.out / recipe
     model = out / "model.pt"
     if model.is_file() and (out / "seconds.txt").is_file():
         return model, float((out / "seconds.txt").read_text())
     cfg = TrainConfig(
-        recipe=recipe, input_folder=[str(root / "sequences" / MAPPING)],
+        recipe=recipe, input_folder=[str(mapping)],
         model_config={"widths": "small"}, steps=steps, batch_size=extra.pop("batch_size", 4),
         lr=extra.pop("lr", 1e-3), schedule="cosine", val_every=0, val_pairs=2,
         checkpoint_every=0, log_every=50, device=args.device, tensorboard=False, seed=args.seed,
@@ -230,11 +261,19 @@ def main(argv: list[str] | None = None) -> dict:
         help="frame rate of the 0.5 m/s walk: 320 frames at 6 fps go once around",
     )
     p.add_argument("--conditions", default="dusk", help="condition-change test sequences")
+    p.add_argument(
+        "--split",
+        choices=("interleaved", "paths"),
+        default="interleaved",
+        help="interleaved: every sequence walks the mapping path; even frames of the "
+        "mapping sequence map, odd frames of each sequence test. paths: each "
+        "sequence walks its own path (new viewpoints; far harder)",
+    )
     p.add_argument("--references", type=int, default=40, help="feature-localizer references")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scoordnet-steps", type=int, default=3000)
-    p.add_argument("--oflownet-steps", type=int, default=1000)
-    p.add_argument("--kfnet-steps", type=int, default=300)
+    p.add_argument("--scoordnet-steps", type=int, default=2500)
+    p.add_argument("--oflownet-steps", type=int, default=600)
+    p.add_argument("--kfnet-steps", type=int, default=200)
     p.add_argument("--ace-epochs", type=int, default=16)
     p.add_argument(
         "--ace-extractor",
@@ -251,28 +290,29 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.quick:
-        args.length, args.fps, args.scoordnet_steps, args.oflownet_steps = 160, 3.0, 800, 300
+        args.length, args.fps, args.scoordnet_steps, args.oflownet_steps = 320, 6.0, 800, 300
         args.kfnet_steps, args.ace_epochs = 100, 8
     args.conditions = [c for c in args.conditions.split(",") if c]
     methods = args.methods.split(",")
     torch.set_num_threads(args.threads)
     console = Console(width=max(Console().width, 150))
     args.out.mkdir(parents=True, exist_ok=True)
-    root = render(args, console)
-    tests = [SAME, *args.conditions]
-    folders = {s: SequenceFolder(root / "sequences" / s) for s in tests}
+    root, mapping_dir, tests = render(args, console)
+    folders = {s: SequenceFolder(d) for s, d in tests.items()}
     mapping: dict[str, float] = {}
     rows: list[Row] = []
 
     models = {}
     if "scoordnet" in methods or "kfnet" in methods:
-        path, mapping["scoordnet"] = train_recipe("scoordnet", root, args, args.scoordnet_steps)
+        path, mapping["scoordnet"] = train_recipe(
+            "scoordnet", mapping_dir, args, args.scoordnet_steps
+        )
         models["scoordnet"] = load(path).eval()
         console.print(f"scoordnet: trained in {mapping['scoordnet']:.0f} s")
     if "kfnet" in methods:
-        flow, t_flow = train_recipe("oflownet", root, args, args.oflownet_steps)
+        flow, t_flow = train_recipe("oflownet", mapping_dir, args, args.oflownet_steps)
         kf, t_kf = train_recipe(
-            "kfnet", root, args, args.kfnet_steps, lr=1e-4, batch_size=2,
+            "kfnet", mapping_dir, args, args.kfnet_steps, lr=1e-4, batch_size=2,
             init_scoordnet=str(args.out / "scoordnet" / "model.pt"), init_oflownet=str(flow),
         )  # fmt: skip
         mapping["kfnet"] = mapping["scoordnet"] + t_flow + t_kf
@@ -281,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "ace" in methods:
         info: dict[str, float] = {}
         models["ace"] = map_scene(
-            SequenceFolder(root / "sequences" / MAPPING), extractor=args.ace_extractor,
+            SequenceFolder(mapping_dir), extractor=args.ace_extractor,
             epochs=args.ace_epochs, device=args.device, seed=args.seed, info=info,
         )  # fmt: skip
         mapping["ace"] = info.get("seconds", math.nan)

@@ -221,3 +221,16 @@ def test_reference_condition_among_conditions_adds_a_held_out_sequence(tmp_path)
     assert float((a.center() - b.center()).norm(dim=-1).min()) > 0.05  # another path
     step = float((a.center()[1] - a.center()[0]).norm())
     assert abs(step - 0.5 / 5.0) < 0.02  # 0.5 m/s at 5 frames per second
+
+
+def test_shared_path_sequences_walk_the_mapping_path(tmp_path):
+    from conftest import render_synth
+
+    root = render_synth(
+        tmp_path / "room", scene="room", seed=5, references=2, queries=1, width=64, height=48,
+        conditions=("night",), sequence_length=2, label_stride=8, max_keypoints=32,
+        shared_path=True,
+    )  # fmt: skip
+    _, a = read_hloc_results(root / "sequences" / "overcast-reference" / "poses.txt")
+    _, b = read_hloc_results(root / "sequences" / "night" / "poses.txt")
+    torch.testing.assert_close(a.data, b.data)

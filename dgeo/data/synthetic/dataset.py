@@ -73,6 +73,9 @@ class SynthConfig:
         queries: query images per condition.
         conditions: query conditions (names of ``dgeo.data.synthetic.appearance.CONDITIONS``).
         sequence_length: frames of the temporal sequence rendered per condition (0: none).
+        shared_path: every sequence follows the mapping sequence's camera path (each under its
+            own condition and noise), so held-out frames of one revisit the viewpoints of
+            another; False: one path per sequence.
         sequence_fps: frame rate of the sequences (None: the trajectory's default, 30 for the
             room's hand-held walk at 0.5 m/s, 10 for the street's drive at 8 m/s); lower rates
             cover more of the scene in the same number of frames, with larger motion between
@@ -94,6 +97,7 @@ class SynthConfig:
     conditions: tuple[str, ...] = ("night", "snow")
     sequence_length: int = 0
     sequence_fps: float | None = None
+    shared_path: bool = False
     width: int = 640
     height: int = 480
     camera_model: str = "SIMPLE_RADIAL"
@@ -353,7 +357,8 @@ def write_dataset(
             traj = driving_trajectory if cfg.scene == "street" else handheld_trajectory
             for k, cond in enumerate((REFERENCE_CONDITION, *cfg.conditions)):
                 rate = {} if cfg.sequence_fps is None else {"fps": cfg.sequence_fps}
-                poses = traj(scene, cfg.sequence_length, seed=cfg.seed + 104729 * (k + 1), **rate)
+                path_seed = cfg.seed + 104729 * (1 if cfg.shared_path else k + 1)
+                poses = traj(scene, cfg.sequence_length, seed=path_seed, **rate)
                 seeds = _seeds(cfg.seed, 1000 + k, cfg.sequence_length)
                 views = _render_set(scene, camera, poses, cond, seeds, cfg, tick)
                 # the reference condition among the query conditions: a second, held-out
