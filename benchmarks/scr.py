@@ -274,7 +274,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--scoordnet-steps", type=int, default=2500)
     p.add_argument("--oflownet-steps", type=int, default=600)
     p.add_argument("--kfnet-steps", type=int, default=200)
-    p.add_argument("--ace-epochs", type=int, default=16)
+    p.add_argument("--ace-epochs", type=int, default=48, help="passes over ACE's buffer")
+    p.add_argument(
+        "--ace-depth-target",
+        type=float,
+        default=3.0,
+        help="depth (m) invalid ACE predictions are pulled to (~ the room's size)",
+    )
     p.add_argument(
         "--ace-extractor",
         default="default",
@@ -322,7 +328,8 @@ def main(argv: list[str] | None = None) -> dict:
         info: dict[str, float] = {}
         models["ace"] = map_scene(
             SequenceFolder(mapping_dir), extractor=args.ace_extractor,
-            epochs=args.ace_epochs, device=args.device, seed=args.seed, info=info,
+            epochs=args.ace_epochs, depth_target=args.ace_depth_target, device=args.device,
+            seed=args.seed, info=info,
         )  # fmt: skip
         mapping["ace"] = info.get("seconds", math.nan)
         console.print(f"ace: mapped in {mapping['ace']:.0f} s ({info})")
