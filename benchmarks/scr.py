@@ -32,7 +32,8 @@ and a last one checks the issue's targets: KFNet lowers SCoordNet's median posit
 least 20 % and has fewer outlier frames; ACE reaches >= 80 % under (5 cm, 5°) on same-condition
 frames within 10 minutes of CPU mapping. ``--json PATH`` writes the same numbers.
 
-A default run on a 2-core CPU takes about 25 minutes (training dominates); ``--quick`` about 10.
+A default run (320x240) takes about 25 minutes on a 2-core CPU, training dominating;
+``--quick`` (160x120, shorter training) about 8.
 ``--device cuda`` trains and runs the networks on the GPU (ACE's 10-minute target is about CPU
 mapping: compare ``mapping s`` from a CPU run).
 """
@@ -252,7 +253,7 @@ def targets_table(rows: list[Row], mapping: dict[str, float], device: str) -> Ta
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="shorter sequences and training")
-    p.add_argument("--size", default="160x120", help="image size (multiples of 8)")
+    p.add_argument("--size", default="320x240", help="image size (multiples of 8)")
     p.add_argument("--length", type=int, default=320, help="frames per sequence")
     p.add_argument(
         "--fps",
@@ -296,8 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.quick:
-        args.length, args.fps, args.scoordnet_steps, args.oflownet_steps = 320, 6.0, 800, 300
-        args.kfnet_steps, args.ace_epochs = 100, 8
+        args.size, args.scoordnet_steps, args.oflownet_steps = "160x120", 1500, 300
+        args.kfnet_steps, args.ace_epochs = 100, 32
     args.conditions = [c for c in args.conditions.split(",") if c]
     methods = args.methods.split(",")
     torch.set_num_threads(args.threads)
