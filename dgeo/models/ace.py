@@ -36,7 +36,7 @@ from torch import nn
 
 from dgeo.errors import InputError, ShapeError
 from dgeo.geometry import cell_pixels
-from dgeo.models.base import DenseExtractor, l2_normalize
+from dgeo.models.base import DenseExtractor, check_rgb_images, l2_normalize
 
 #: Extractor name of the shipped U-Net (:func:`dgeo.models.default_model`) in ACEModel configs.
 DEFAULT_EXTRACTOR = "default"
@@ -48,13 +48,9 @@ def check_cell_image(image: torch.Tensor, stride: int, name: str = "image") -> t
 
     Raises:
         ShapeError: wrong rank / channels, or a size that ``stride`` does not divide.
-        InputError: not a floating-point tensor.
+        InputError: not a tensor, or not floating point (:func:`check_rgb_images`).
     """
-    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[1] != 3:
-        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ShapeError(f"{name} must be a (B, 3, H, W) RGB tensor in [0, 1], got {got}.")
-    if not image.is_floating_point():
-        raise InputError(f"{name} must be float RGB in [0, 1], got {image.dtype}; use x / 255.")
+    check_rgb_images(image, name)
     H, W = image.shape[-2:]
     if H % stride or W % stride:
         raise ShapeError(

@@ -26,6 +26,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def check_rgb_images(images: Any, name: str = "images") -> None:
+    """Raise :class:`ShapeError` / :class:`InputError` (naming ``name`` and the fix) unless
+    ``images`` is a floating-point ``(B, 3, H, W)`` tensor: the input check of every network."""
+    if not isinstance(images, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor (B, 3, H, W), got {type(images)}.")
+    if images.dim() != 4:
+        raise ShapeError(
+            f"{name} must be a 4D tensor (B, 3, H, W), got shape {tuple(images.shape)}; "
+            f"add a batch dimension with {name}[None] for a single image."
+        )
+    if images.shape[1] != 3:
+        raise ShapeError(
+            f"{name} must have 3 (RGB) channels, got shape {tuple(images.shape)}; repeat a "
+            "grayscale image with images.expand(-1, 3, -1, -1)."
+        )
+    if not images.is_floating_point():
+        raise InputError(
+            f"{name} must be floating-point RGB in [0, 1], got dtype {images.dtype}; "
+            "convert with images.float() / 255."
+        )
+
+
 class DenseExtractor(nn.Module):
     """Base class of the dense extractors of :mod:`dgeo.models`.
 
@@ -50,23 +72,7 @@ class DenseExtractor(nn.Module):
         """Raise :class:`ShapeError` / :class:`InputError` unless ``images`` is a float
         ``(B, 3, H, W)`` tensor with ``H, W >= min_size`` (on the weights' device and dtype)."""
         cls = type(self).__name__
-        if not isinstance(images, torch.Tensor):
-            raise InputError(f"images must be a torch.Tensor (B, 3, H, W), got {type(images)}.")
-        if images.dim() != 4:
-            raise ShapeError(
-                f"images must be a 4D tensor (B, 3, H, W), got shape {tuple(images.shape)}; "
-                "add a batch dimension with images[None] for a single image."
-            )
-        if images.shape[1] != 3:
-            raise ShapeError(
-                f"images must have 3 (RGB) channels, got shape {tuple(images.shape)}; repeat a "
-                "grayscale image with images.expand(-1, 3, -1, -1)."
-            )
-        if not images.is_floating_point():
-            raise InputError(
-                f"images must be floating-point RGB in [0, 1], got dtype {images.dtype}; "
-                "convert with images.float() / 255."
-            )
+        check_rgb_images(images)
         h, w = images.shape[-2:]
         if min(h, w) < self.min_size:
             raise ShapeError(

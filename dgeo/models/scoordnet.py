@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dgeo.errors import InputError, NonFiniteError, RotationError, ShapeError
-from dgeo.models.base import as_int_list
+from dgeo.models.base import as_int_list, check_rgb_images
 
 #: Cell stride of the output maps.
 STRIDE = 8
@@ -122,23 +122,7 @@ def check_cell_images(images: Any, module: nn.Module, name: str = "images") -> t
         InputError: not a float tensor, or not on the weights' device and dtype.
     """
     cls = type(module).__name__
-    if not isinstance(images, torch.Tensor):
-        raise InputError(f"{name} must be a torch.Tensor (B, 3, H, W), got {type(images)}.")
-    if images.dim() != 4:
-        raise ShapeError(
-            f"{name} must be a 4D tensor (B, 3, H, W), got shape {tuple(images.shape)}; "
-            f"add a batch dimension with {name}[None] for a single image."
-        )
-    if images.shape[1] != 3:
-        raise ShapeError(
-            f"{name} must have 3 (RGB) channels, got shape {tuple(images.shape)}; repeat a "
-            "grayscale image with images.expand(-1, 3, -1, -1)."
-        )
-    if not images.is_floating_point():
-        raise InputError(
-            f"{name} must be floating-point RGB in [0, 1], got dtype {images.dtype}; "
-            "convert with images.float() / 255."
-        )
+    check_rgb_images(images, name)
     h, w = images.shape[-2:]
     if h < STRIDE or w < STRIDE or h % STRIDE or w % STRIDE:
         lo = (max(h // STRIDE, 1) * STRIDE, max(w // STRIDE, 1) * STRIDE)
