@@ -24,7 +24,8 @@ train_app = typer.Typer(
     name="train",
     help=(
         "Train dense features (`dgeo train gnnet|pixloc ...`) or scene-coordinate networks on "
-        "KFNet sequence folders (`dgeo train scoordnet|oflownet|kfnet ...`)."
+        "KFNet sequence folders (`dgeo train scoordnet|oflownet|kfnet ...`), or map a scene "
+        "ACE-style (`dgeo train ace ...`)."
     ),
     no_args_is_help=True,
     add_completion=False,
