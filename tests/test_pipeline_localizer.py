@@ -110,3 +110,27 @@ def test_select_option_is_checked_and_auto_follows_the_features():
     assert LocalizerConfig().select == "auto" and set(SELECT) == {"auto", "inlier-ratio", "inliers"}
     with pytest.raises(InputError, match="select must be one of"):
         LocalizerConfig(select="most")
+    with pytest.raises(InputError, match="refine_points must be None"):
+        LocalizerConfig(refine_points=5)
+    with pytest.raises(InputError, match="ransac_iterations >= 1"):
+        LocalizerConfig(ransac_iterations=0)
+
+
+def test_the_speed_settings_barely_move_the_poses(setup):
+    """The defaults (2,000 RANSAC samples per candidate, refinement on at most 1,024 inliers
+    that stops at a 1e-4 relative cost change) against the exhaustive settings."""
+    s = setup
+    full = Localizer(
+        s["ref"], s["d"] / "images",
+        LocalizerConfig(max_size=320, ransac_iterations=10000, refine_points=None,
+                        refine_tolerance=0.0),
+        cache_dir=s["cache"], device="cpu",
+    )  # fmt: skip
+    cams = [s["cams"][i] for i in range(len(s["names"]))]
+    fast = s["loc"].localize_many(s["names"], s["images"], cams)
+    slow = full.localize_many(s["names"], s["images"], cams)
+    assert [r.reference for r in fast] == [r.reference for r in slow]
+    e_t, e_R, _ = pose_errors(
+        Pose.stack([r.pose for r in fast]), Pose.stack([r.pose for r in slow])
+    )
+    assert float(e_t.max()) < 0.01 and float(e_R.max()) < math.radians(0.05), (e_t, e_R)

@@ -14,7 +14,7 @@ from dgeo.eval.metrics import pose_errors
 from dgeo.geometry import Camera, Pose
 from dgeo.optim import LMOptions
 from dgeo.pnp import refine_pose
-from dgeo.ransac import PnPReason, PnPResult, pnp_ransac
+from dgeo.ransac import PnPReason, PnPResult, pnp_finish, pnp_ransac
 
 W, H = 640, 480
 
@@ -266,3 +266,29 @@ def test_cuda_float32():
     res = pnp_ransac(uv.cuda(), X.cuda(), cam.to("cuda"), seed=0)
     assert res.pose.device.type == "cuda"
     assert bool(recovered(res.pose.to("cpu"), gt, depth).all())
+
+
+@pytest.mark.parametrize("model", ["PINHOLE", "SIMPLE_RADIAL"])
+def test_finish_of_unrefined_candidates_equals_the_refined_run(model):
+    cam, uv, X, gt, depth = make_problems(5, 200, 0.5, noise=1.0, seed=21, model=model)
+    full = pnp_ransac(uv, X, cam, seed=3)
+    raw = pnp_ransac(uv, X, cam, seed=3, refine=False)
+    assert torch.equal(raw.iterations, full.iterations)
+    pick = torch.tensor([4, 1, 1])  # any subset, repeats allowed
+    fin = pnp_finish(uv[pick], X[pick], cam[pick], raw.pose[pick])
+    torch.testing.assert_close(fin.pose.data, full.pose.data[pick], atol=1e-9, rtol=0)
+    assert torch.equal(fin.inliers, full.inliers[pick])
+    assert torch.equal(fin.reason, full.reason[pick])
+    torch.testing.assert_close(fin.covariance, full.covariance[pick])
+    assert bool(recovered(fin.pose, gt[pick], depth[pick]).all())
+
+
+def test_finish_fails_non_finite_poses_and_checks_its_pose():
+    cam, uv, X, _, _ = make_problems(2, 50, 0.0, seed=2)
+    raw = pnp_ransac(uv, X, cam, seed=0, refine=False)
+    bad = Pose(torch.stack([raw.pose.data[0], torch.full_like(raw.pose.data[1], torch.nan)]))
+    fin = pnp_finish(uv, X, cam, bad)
+    assert fin.success.tolist() == [True, False]
+    assert int(fin.reason[1]) == PnPReason.NO_HYPOTHESIS
+    with pytest.raises(ShapeError, match=r"pose must be a Pose of batch shape \(2,\)"):
+        pnp_finish(uv, X, cam, raw.pose[:1])

@@ -60,7 +60,7 @@ from enum import IntEnum
 
 import torch
 
-from dgeo.errors import InputError
+from dgeo.errors import InputError, ShapeError
 from dgeo.geometry import Camera, Pose
 from dgeo.geometry.camera import distort
 from dgeo.optim import Cauchy, LMOptions, RobustKernel, get_kernel
@@ -69,7 +69,7 @@ from dgeo.pnp.refine import pose_covariance, refine_pose, residual_variance
 from dgeo.ransac.checks import check_correspondences
 from dgeo.ransac.irls import irls_steps, refine_irls
 
-__all__ = ["PnPReason", "PnPResult", "pnp_ransac"]
+__all__ = ["PnPReason", "PnPResult", "pnp_finish", "pnp_ransac"]
 
 _SCORE_DTYPE = torch.float32
 _CHUNK_ELEMENTS = 1 << 19  # (query, pose, match) triples per scoring pass: a few MB, so that
@@ -230,31 +230,17 @@ def pnp_ransac(
     Raises:
         ShapeError, InputError: malformed arguments (shapes, dtypes, devices, option values).
     """
-    B, N = check_correspondences(points2D, points3D, camera, mask)
     _check_options(
         threshold_px, confidence, min_iterations, max_iterations, batch_hypotheses, min_inliers,
         pretest_points, refine_iterations,
     )  # fmt: skip
-    device, dtype = points2D.device, points2D.dtype
     if seed is None:
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    mask = torch.ones(B, N, dtype=torch.bool, device=device) if mask is None else mask
-    if N == 0:  # no matches at all: one masked-out dummy keeps every shape non-empty
-        points2D, points3D = points2D.new_zeros(B, 1, 2), points3D.new_zeros(B, 1, 3)
-        mask = torch.zeros(B, 1, dtype=torch.bool, device=device)
-    cam = camera if camera.shape == (B,) else _expand_camera(camera, B)
-    if cam.dtype != dtype or cam.device != device:
-        cam = cam.to(device=device, dtype=dtype)
-
+    N = points2D.shape[1] if isinstance(points2D, torch.Tensor) and points2D.dim() == 3 else 0
     # inference mode skips autograd's dispatch on every op (about 20 % of a small call); the
     # results are cloned out of it so that they are ordinary tensors
     with torch.inference_mode():
-        finite = torch.isfinite(points2D).all(-1) & torch.isfinite(points3D).all(-1)
-        nonfinite = (mask & ~finite).any(-1)
-        prob, valid = _prepare(points2D, points3D, cam, mask & finite, nonfinite)
-        reason = torch.full((B,), PnPReason.OK, dtype=torch.int64, device=device)
-        reason = torch.where(prob.n < 4, PnPReason.TOO_FEW_MATCHES, reason)
-        reason = torch.where(nonfinite, PnPReason.NON_FINITE_INPUT, reason)
+        prob, valid, reason, M = _setup(points2D, points3D, camera, mask)
         state = _search(
             prob, reason == PnPReason.OK, threshold_px**2, confidence, min_iterations,
             max_iterations, batch_hypotheses, pretest_points, local_optimization, seed,
@@ -264,8 +250,80 @@ def pnp_ransac(
         scale = threshold_px / 2 if refine_scale is None else refine_scale
         res = _finish(
             prob, state, reason, found, valid, threshold_px, min_inliers, refine, refine_kernel,
-            scale, refine_iterations, mask.shape[1],
+            scale, refine_iterations, M,
         )  # fmt: skip
+    return _clone_out(res, N)
+
+
+def pnp_finish(
+    points2D: torch.Tensor,
+    points3D: torch.Tensor,
+    camera: Camera,
+    pose: Pose,
+    mask: torch.Tensor | None = None,
+    threshold_px: float = 12.0,
+    min_inliers: int = 6,
+    refine_kernel: str | RobustKernel | None = "cauchy",
+    refine_scale: float | None = None,
+    refine_iterations: int = 100,
+) -> PnPResult:
+    """The last stage of :func:`pnp_ransac`, from given poses: inliers, degeneracy checks,
+    refinement on the inliers and covariance, inliers again.
+
+    ``pnp_ransac(..., refine=False)`` on many candidates followed by ``pnp_finish`` on the
+    chosen ones gives what ``pnp_ransac(..., refine=True)`` gives for those (same seed), at the
+    cost of refining only them. Arguments as :func:`pnp_ransac`; ``pose``: ``(B,)``
+    ``cam_from_world``, e.g. ``PnPResult.pose``.
+
+    Returns:
+        :class:`PnPResult` (``iterations`` 0); a non-finite pose fails with ``NO_HYPOTHESIS``.
+    """
+    _check_options(threshold_px, 0.5, 0, 1, 1, min_inliers, 1, refine_iterations)
+    N = points2D.shape[1] if isinstance(points2D, torch.Tensor) and points2D.dim() == 3 else 0
+    B = points2D.shape[0] if isinstance(points2D, torch.Tensor) and points2D.dim() == 3 else -1
+    if not isinstance(pose, Pose) or pose.shape != (B,):
+        got = pose.shape if isinstance(pose, Pose) else type(pose).__name__
+        raise ShapeError(f"pose must be a Pose of batch shape ({B},), got {got}.")
+    with torch.inference_mode():
+        prob, valid, reason, M = _setup(points2D, points3D, camera, mask)
+        data = pose.data.to(prob.X)
+        found = torch.isfinite(data).all(-1) & (reason == PnPReason.OK)
+        reason = torch.where((reason == PnPReason.OK) & ~found, PnPReason.NO_HYPOTHESIS, reason)
+        R = data[:, :9].reshape(-1, 3, 3)
+        centred = torch.cat([data[:, :9], data[:, 9:] + (R @ prob.centre[..., None])[..., 0]], -1)
+        zero = torch.zeros(B, dtype=torch.int64, device=data.device)
+        state = _State(pose=torch.where(found[:, None], centred, 0.0), cost=zero.float(),
+                       inliers=zero, iterations=zero)  # fmt: skip
+        scale = threshold_px / 2 if refine_scale is None else refine_scale
+        res = _finish(
+            prob, state, reason, found, valid, threshold_px, min_inliers, True, refine_kernel,
+            scale, refine_iterations, M,
+        )  # fmt: skip
+    return _clone_out(res, N)
+
+
+def _setup(points2D, points3D, camera, mask):
+    """Checks, the problem of :func:`_prepare`, the reasons so far and the padded width."""
+    B, N = check_correspondences(points2D, points3D, camera, mask)
+    device, dtype = points2D.device, points2D.dtype
+    mask = torch.ones(B, N, dtype=torch.bool, device=device) if mask is None else mask
+    if N == 0:  # no matches at all: one masked-out dummy keeps every shape non-empty
+        points2D, points3D = points2D.new_zeros(B, 1, 2), points3D.new_zeros(B, 1, 3)
+        mask = torch.zeros(B, 1, dtype=torch.bool, device=device)
+    cam = camera if camera.shape == (B,) else _expand_camera(camera, B)
+    if cam.dtype != dtype or cam.device != device:
+        cam = cam.to(device=device, dtype=dtype)
+    finite = torch.isfinite(points2D).all(-1) & torch.isfinite(points3D).all(-1)
+    nonfinite = (mask & ~finite).any(-1)
+    prob, valid = _prepare(points2D, points3D, cam, mask & finite, nonfinite)
+    reason = torch.full((B,), PnPReason.OK, dtype=torch.int64, device=device)
+    reason = torch.where(prob.n < 4, PnPReason.TOO_FEW_MATCHES, reason)
+    reason = torch.where(nonfinite, PnPReason.NON_FINITE_INPUT, reason)
+    return prob, valid, reason, mask.shape[1]
+
+
+def _clone_out(res: PnPResult, N: int) -> PnPResult:
+    """Ordinary tensors out of inference mode, inliers cut to the input's ``N``."""
     fields = {f.name: getattr(res, f.name) for f in dataclasses.fields(res)}
     fields["inliers"] = res.inliers[:, :N]
     fields["pose"] = Pose(res.pose.data.clone())
