@@ -2,11 +2,11 @@
 
 Methods, all on the same queries:
 
-- ``dgeo dense-sift``: :class:`dgeo.pipeline.localizer.Localizer` with its defaults
-  (:class:`dgeo.models.DenseSIFT`, GeM retrieval of the top 10 references, sparse-to-dense
-  matching, LO-RANSAC, feature-metric refinement); ``dgeo unet-small`` likewise with the U-Net
-  shipped in the package (unless ``--no-shipped``), ``dgeo unet`` / ``dgeo vgg`` with the trained
-  models of ``--unet-weights`` / ``--vgg-weights``.
+- ``dgeo unet-small``: :class:`dgeo.pipeline.localizer.Localizer` with its defaults (the U-Net
+  shipped in the package, GeM retrieval of the top 10 references, sparse-to-dense matching,
+  LO-RANSAC, feature-metric refinement; skipped with ``--no-shipped``); ``dgeo dense-sift``
+  likewise with the weight-free :class:`dgeo.models.DenseSIFT`; ``dgeo unet`` / ``dgeo vgg`` with
+  the trained models of ``--unet-weights`` / ``--vgg-weights``.
 - ``... no refine``: the same run stopped after RANSAC (``refine=False``). Extraction, retrieval
   and matching are shared with the refined run (the Localizer's stages are called one by one), so
   its time is that run's minus the refinement.
@@ -17,8 +17,8 @@ Methods, all on the same queries:
   detected with ``contrastThreshold=0.02``, COLMAP's peak threshold, instead of OpenCV's 0.04,
   which finds almost nothing in dark images), on fox pycolmap's (hloc's extractor); mutual
   nearest neighbours with
-  Lowe's ratio test (0.8) against the **same** retrieved references as ``dgeo dense-sift`` (its
-  ``LocalizationResult.retrieved``); the 2D-3D matches of all of them pooled into one
+  Lowe's ratio test (0.8) against the **same** retrieved references as the first dgeo row (the
+  default, its ``LocalizationResult.retrieved``); the 2D-3D matches of all of them pooled into one
   ``pycolmap.estimate_and_refine_absolute_pose`` (12 px, keypoints and principal point shifted by
   +0.5 into COLMAP's pixel convention). A failure falls back to the top retrieved reference's
   pose, as hloc and dgeo do.
@@ -96,6 +96,7 @@ from dgeo.models import DEFAULT_WEIGHTS
 from dgeo.pipeline.localizer import Localizer, LocalizerConfig
 
 DEFAULT_CONDITIONS = ("overcast-reference", "night", "snow", "dusk")
+BEAT_CONDITIONS = ("night", "snow")  # synthetic conditions where dgeo must beat SIFT
 FOX_QUERIES = tuple(
     f"{i:04d}.jpg" for i in (5, 16, 17, 24, 32, 51, 68, 71, 75, 83, 87, 88, 93, 99, 104, 106, 113)
 )
@@ -586,9 +587,10 @@ def run_dataset(data: Dataset, args, console: Console) -> list[dict]:
         base = dataclasses.replace(base, max_size=data.max_size)
     if args.ratio is not None:
         base = dataclasses.replace(base, ratio=args.ratio)
-    extractors = [("dense-sift", base)]
-    if not args.no_shipped and DEFAULT_WEIGHTS.is_file():
-        extractors.append(("unet-small", dataclasses.replace(base, features="unet")))
+    extractors = []  # the default first: SIFT gets its retrieval
+    if base.features == "unet" and not args.no_shipped and DEFAULT_WEIGHTS.is_file():
+        extractors.append(("unet-small", base))
+    extractors.append(("dense-sift", dataclasses.replace(base, features="dense-sift")))
     for kind, weights in (("unet", args.unet_weights), ("vgg", args.vgg_weights)):
         if weights:
             cfg = dataclasses.replace(base, features=kind, weights=str(weights))
@@ -606,8 +608,7 @@ def run_dataset(data: Dataset, args, console: Console) -> list[dict]:
             t = time.perf_counter()
             pair = dgeo_runs(loc, f"dgeo {label}", cond, names, images, cams, args.chunk)
             runs += pair
-            if label == "dense-sift":
-                retrieved[cond] = pair[0].retrieved
+            retrieved.setdefault(cond, pair[0].retrieved)
             print(f"  {data.name} {cond:<20} dgeo {label:<12} {time.perf_counter() - t:6.1f} s",
                   file=sys.stderr)  # fmt: skip
         del loc
@@ -666,8 +667,9 @@ def targets(rows: list[dict]) -> Table:
         name = method.removeprefix("dgeo ")
         fine = f"recall {r['recall'][0] * 100:.1f}%"
         if sift:
-            ok = r["recall"][0] >= sift["recall"][0]
-            t.add_row(ds, cond, name, "finest recall vs SIFT", fine,
+            beat = ds == "synthetic" and cond in BEAT_CONDITIONS  # the issue: beat, not equal
+            ok = r["recall"][0] > sift["recall"][0] if beat else r["recall"][0] >= sift["recall"][0]
+            t.add_row(ds, cond, name, f"finest recall {'beats' if beat else 'vs'} SIFT", fine,
                       f"{sift['recall'][0] * 100:.1f}%", "yes" if ok else "no")  # fmt: skip
             ratio = r["median_rotation_deg"] / max(sift["median_rotation_deg"], 1e-9)
             t.add_row(ds, cond, name, "median rotation vs SIFT (within 2x)",
@@ -675,8 +677,9 @@ def targets(rows: list[dict]) -> Table:
                       f"{ratio:.1f}x {'yes' if ratio <= 2 else 'no'}")  # fmt: skip
             dg = r["ms_total"]
             sf = sift["ms_total"] + r["ms"].get("retrieve", 0.0)
+            verdict = f"{dg / max(sf, 1e-9):.1f}x {'yes' if dg < sf else 'no'}"
             t.add_row(ds, cond, name, "ms per query vs SIFT (+ same retrieval)", f"{dg:.0f}",
-                      f"{sf:.0f}", f"{dg / max(sf, 1e-9):.1f}x")  # fmt: skip
+                      f"{sf:.0f}", verdict)  # fmt: skip
         if raw:
             ok = r["recall"][0] > raw["recall"][0] or (r["recall"][0] == raw["recall"][0] == 1)
             t.add_row(ds, cond, name, "finest recall vs RANSAC alone", fine,

@@ -66,13 +66,36 @@ def test_pose_prior_retrieves_the_nearest_references(setup):
     assert res.success
 
 
-def test_a_query_that_matches_nothing_falls_back_to_its_top_reference(setup):
+@pytest.mark.parametrize("kind", ["noise", "gray", "black"])
+def test_a_query_that_matches_nothing_falls_back_to_its_top_reference(setup, kind):
+    """The U-Net matches noise or a flat image at a few spots, where RANSAC finds over a hundred
+    inliers within a few pixels: the inlier cell count fails them."""
     s = setup
-    noise = torch.rand(3, 240, 320, generator=torch.Generator().manual_seed(0))
-    res = s["loc"].localize(noise, s["cams"][0], name="noise")
+    image = {
+        "noise": torch.rand(3, 240, 320, generator=torch.Generator().manual_seed(3)),
+        "gray": torch.full((3, 240, 320), 0.5),
+        "black": torch.zeros(3, 240, 320),
+    }[kind]
+    res = s["loc"].localize(image, s["cams"][0], name=kind)
     assert not res.success and res.reason == "no-candidate" and not res.refined
     top = s["ref"].names.index(res.retrieved[0])
     torch.testing.assert_close(res.pose.data, s["ref"].cam_from_world[top].data)
+
+
+def test_distinct_cells_counts_like_a_set():
+    from dgeo.pipeline.localizer import distinct_cells
+
+    g = torch.Generator().manual_seed(0)
+    uv = torch.rand(5, 40, 2, generator=g, dtype=torch.float64) * 100 - 10  # some negative
+    inl = torch.rand(5, 40, generator=g) < 0.6
+    inl[3] = False
+    cell = torch.tensor([4.0, 8.0, 16.0, 4.0, 50.0])
+    got = distinct_cells(uv, inl, cell)
+    want = [
+        len({tuple((uv[b, i] / cell[b]).floor().long().tolist()) for i in range(40) if inl[b, i]})
+        for b in range(5)
+    ]
+    assert got.tolist() == want and want[3] == 0
 
 
 def test_working_resolution_keeps_poses_in_the_original_camera(setup):

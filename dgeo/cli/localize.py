@@ -60,7 +60,9 @@ def localize_command(
         ..., "--output", "-o", metavar="RESULTS", help="The hloc results file to write."
     ),
     features: str = typer.Option(
-        "dense-sift", help="Dense features: dense-sift, unet, vgg or image."
+        "unet",
+        help="Dense features: unet (without --weights the U-Net shipped in the package), "
+        "dense-sift (weight-free), vgg or image.",
     ),
     weights: Path | None = typer.Option(
         None, help="Weights of the features (unet: a dgeo model file; vgg: a VGG-16 checkpoint)."

@@ -4,10 +4,10 @@ The demo is the whole mission on data that ships with dgeo: it renders a street 
 dataset as ``dgeo synth`` does (references under an overcast sky with a COLMAP model of their
 SIFT keypoints lifted with exact depth; queries under day, night, weather and season
 conditions), reads it back through the same file formats as real data, localizes every query
-with the default :class:`~dgeo.pipeline.localizer.Localizer` (dense SIFT features, retrieval,
-sparse-to-dense matching, LO-RANSAC, feature-metric refinement), writes hloc results, evaluates
-them against the rendered ground truth per condition, and draws a top-down plot of the map with
-the true and estimated query poses.
+with the default :class:`~dgeo.pipeline.localizer.Localizer` (the shipped U-Net's features,
+retrieval, sparse-to-dense matching, LO-RANSAC, feature-metric refinement), writes hloc
+results, evaluates them against the rendered ground truth per condition, and draws a top-down
+plot of the map with the true and estimated query poses.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class DemoConfig:
         width, height: image size.
         seed: seed of the world.
         device: torch device of the localizer (``None``: CUDA when available).
-        localizer: :class:`LocalizerConfig` (default: dgeo's defaults, dense SIFT).
+        localizer: :class:`LocalizerConfig` (default: dgeo's defaults, the shipped U-Net).
         batch: queries localized per batch.
     """
 

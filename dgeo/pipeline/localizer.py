@@ -59,9 +59,11 @@ class LocalizerConfig:
     """Settings of :class:`Localizer`.
 
     Attributes:
-        features: ``"dense-sift"`` (weight-free), ``"unet"`` (a ``dgeo.models.save`` file in
-            ``weights``; without, the U-Net shipped in the package, docs/MODELS.md), ``"vgg"``
-            (a VGG-16 checkpoint in ``weights``: S2DHM hypercolumns) or ``"image"`` (raw pixels).
+        features: ``"unet"`` (a ``dgeo.models.save`` file in ``weights``; without, the U-Net
+            shipped in the package, docs/MODELS.md: the default, ahead of dense SIFT on every
+            condition of benchmarks/localize.py and faster), ``"dense-sift"`` (weight-free),
+            ``"vgg"`` (a VGG-16 checkpoint in ``weights``: S2DHM hypercolumns) or ``"image"``
+            (raw pixels).
         weights: path of the model weights, if any.
         max_size: longest image side the work runs at (``None``: full size).
         top_k: references retrieved per query.
@@ -74,7 +76,13 @@ class LocalizerConfig:
             :data:`THRESHOLD_SIDE` (1024); at other working sizes it scales with the longest
             side (12 px at 1024 is 3.75 px at 320), so one setting is the same tolerance in
             angle at every image size.
-        min_inliers: fewest RANSAC inliers of a successful candidate.
+        min_inliers: fewest RANSAC inliers of a successful candidate; they must also occupy
+            at least this many distinct cells of a grid of ``inlier_grid`` cells along the
+            longest image side (:func:`distinct_cells`). Learned features match a flat or noisy
+            image at a few spots, and 150 inliers within 20 pixels are no evidence of a pose
+            (benchmarks/localize.py: correct poses occupy 35 to 236 cells, the wrong ones that
+            passed the inlier count 4 and 10).
+        inlier_grid: cells along the longest side for that test (20: 16-pixel cells at 320).
         ransac_iterations: most RANSAC samples per candidate. A candidate stops as soon as its
             best inlier ratio makes more samples pointless (99.99 % confidence), so the cap
             only binds on candidates with fewer than ~17 % inliers, mostly wrong references
@@ -99,7 +107,7 @@ class LocalizerConfig:
         seed: RANSAC seed (results are deterministic).
     """
 
-    features: str = "dense-sift"
+    features: str = "unet"
     weights: str | None = None
     max_size: int | None = 1024
     top_k: int = 10
@@ -109,6 +117,7 @@ class LocalizerConfig:
     ratio: float = 0.9
     threshold_px: float = 12.0
     min_inliers: int = 12
+    inlier_grid: int = 20
     ransac_iterations: int = 2000
     select: str = "auto"
     refine: bool = True
@@ -129,10 +138,10 @@ class LocalizerConfig:
             raise InputError(
                 f"need top_k >= 1 and min_inliers >= 4, got {self.top_k}, {self.min_inliers}."
             )
-        if self.ransac_iterations < 1 or self.refine_tolerance < 0:
+        if self.ransac_iterations < 1 or self.refine_tolerance < 0 or self.inlier_grid < 1:
             raise InputError(
-                "need ransac_iterations >= 1 and refine_tolerance >= 0, got "
-                f"{self.ransac_iterations}, {self.refine_tolerance}."
+                "need ransac_iterations >= 1, refine_tolerance >= 0 and inlier_grid >= 1, got "
+                f"{self.ransac_iterations}, {self.refine_tolerance}, {self.inlier_grid}."
             )
         if self.refine_points is not None and self.refine_points < 10:
             raise InputError(
@@ -187,6 +196,22 @@ class LocalizationResult:
 def _threshold_scale(camera: Camera) -> float:
     """Factor from a query's working pixels to those of a ``THRESHOLD_SIDE`` image."""
     return THRESHOLD_SIDE / float(camera.size.max())
+
+
+def distinct_cells(uv: torch.Tensor, inliers: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """Distinct grid cells that hold the inliers of each row.
+
+    Args:
+        uv: ``(B, N, 2)`` pixels. inliers: ``(B, N)`` bool. cell: ``(B,)`` cell sizes in pixels.
+    Returns:
+        ``(B,)`` int64 counts of the distinct ``floor(uv / cell)`` among each row's inliers.
+    """
+    ij = torch.floor(uv / cell.to(uv)[:, None, None]).long()
+    ij = ij - ij.amin(dim=(0, 1)).clamp(max=0)  # non-negative
+    ids = ij[..., 1] * (int(ij[..., 0].max()) + 1 if ij.numel() else 1) + ij[..., 0]
+    ids = torch.where(inliers, ids, -1).sort(-1).values
+    new = (ids[:, 1:] != ids[:, :-1]) & (ids[:, 1:] >= 0)
+    return new.sum(-1) + (ids[:, :1] >= 0).sum(-1)
 
 
 def make_extractor(config: LocalizerConfig) -> DenseExtractor:
@@ -407,6 +432,13 @@ class Localizer:
             min_inliers=self.config.min_inliers, seed=self.config.seed,
             max_iterations=self.config.ransac_iterations, refine=False,
         )  # fmt: skip
+        # inliers piled on a few spots are a degenerate fit (learned features match a flat or
+        # noisy image at a few places): count the distinct cells of a coarse grid they occupy
+        side = torch.tensor([float(q.work_camera.size.max()) for q in queries])
+        cells = distinct_cells(
+            uv, res.inliers, (side / self.config.inlier_grid).repeat_interleave(k)
+        )
+        success = res.success & (cells >= self.config.min_inliers)
         score = res.num_inliers.double()
         select = self.config.select
         if select == "auto":
@@ -414,17 +446,17 @@ class Localizer:
             select = "inliers" if handmade else "inlier-ratio"
         if select == "inlier-ratio":
             score = score / valid.sum(-1).clamp_min(1)
-        best = torch.where(res.success, score, -1.0).reshape(Q, k).argmax(-1)
+        best = torch.where(success, score, -1.0).reshape(Q, k).argmax(-1)
         rows = torch.arange(Q) * k + best
         win = pnp_finish(
             obs[rows], X[rows], cams[rows], res.pose[rows], valid[rows],
             threshold_px=self.config.threshold_px, min_inliers=self.config.min_inliers,
         )  # fmt: skip
         # a winner whose refinement fails keeps its RANSAC pose and inliers
-        kept = win.success | ~res.success[rows]
+        kept = win.success | ~success[rows]
         pose = Pose(torch.where(kept[:, None], win.pose.data, res.pose[rows].data))
         inliers = torch.where(kept[:, None], win.inliers, res.inliers[rows])
-        success = res.success[rows]
+        success = success[rows]
         dt = (time.perf_counter() - t) / Q
         results = []
         for i, q in enumerate(queries):
