@@ -130,6 +130,30 @@ def test_ratio_test_rejects_repeated_texture(sift):
     assert lowe.valid.sum() >= m.valid.sum()
 
 
+@pytest.mark.parametrize("tiled", [False, True])
+def test_counting_ratio_test_decides_as_the_topk_one(sift, tiled):
+    """return_ratio=False counts the cells above ratio^2 s_1 instead of taking a top-k: the same
+    matches and the same decisions, on a unique texture and on a repeated one (a little noise
+    on both maps, so that no two cells tie for the best)."""
+    img = textured(seed=7)
+    if tiled:
+        img = textured(h=16, w=16, seed=7).repeat(1, 1, H // 16, W // 16)
+    g = torch.Generator().manual_seed(1)
+    pyr = sift(img + 0.01 * torch.randn(img.shape, generator=g))
+    noisy = sift(img + 0.05 * torch.randn(img.shape, generator=g))
+    desc, _ = noisy.sample(keypoints(200, seed=2), 0)
+    mixed = 0
+    for level in (0, 1):
+        for ratio in (0.9, 0.97, 0.99):
+            full = match_sparse_to_dense(desc, pyr, level, ratio=ratio)
+            fast = match_sparse_to_dense(desc, pyr, level, ratio=ratio, return_ratio=False)
+            assert fast.ratio is None
+            assert torch.equal(fast.valid, full.valid), (level, ratio)
+            assert torch.equal(fast.uv, full.uv) and torch.equal(fast.score, full.score)
+            mixed += 0 < int(full.valid.sum()) < full.valid.numel()
+    assert mixed >= 1  # decisions both ways somewhere, not all-or-nothing
+
+
 def test_chunking_batching_and_pairs(sift):
     imgs = textured(b=3, seed=4)
     pyr = sift(imgs)

@@ -389,7 +389,11 @@ class Localizer:
             row = mask.flatten().nonzero()[:, 0]  # entry of each row of flat in (k * n)
             dtype = q.pyramid[level].features.dtype
             m = match_sparse_to_dense(
-                flat[None].to(self.device, dtype), q.pyramid, level, ratio=self.config.ratio
+                flat[None].to(self.device, dtype),
+                q.pyramid,
+                level,
+                ratio=self.config.ratio,
+                return_ratio=False,
             )
             uv = torch.zeros(len(cand) * n, 2, dtype=torch.float64)
             valid = torch.zeros(len(cand) * n, dtype=torch.bool)
