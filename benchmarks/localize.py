@@ -54,13 +54,13 @@ stages divided by the batch); SIFT's ``extract`` (detection + description), ``ma
 rotation error against SIFT's, its time per query against SIFT's plus the same retrieval, and
 its finest recall against RANSAC alone.
 
-A default run (synthetic: 24 references, 6 queries under each of 4 conditions at 320x240; fox:
-17 queries by day and by night) takes about 10 minutes on a 2-core CPU, most of it dgeo on fox;
-``--quick`` (4 queries under night and snow; 9 fox queries at 320 px) about 4 once the fox map
-is cached in ``--out``.
+A default run (synthetic: 24 references, 12 queries under each of 4 conditions at 320x240;
+fox: 17 queries by day and by night) takes about 5 minutes on a 2-core CPU once the fox map is
+cached in ``--out``, most of it dense SIFT; ``--quick`` (4 queries under night and snow; 9 fox
+queries at 320 px) about 2.
 
     python benchmarks/localize.py [--quick] [--conditions overcast-reference,night,snow,dusk]
-        [--size 320x240] [--references 24] [--queries 6] [--fox PATH | --no-fox]
+        [--size 320x240] [--references 24] [--queries 12] [--fox PATH | --no-fox]
         [--fox-size 360] [--ratio 0.9] [--unet-weights PATH] [--vgg-weights PATH]
         [--out DIR] [--json out.json]
 """
@@ -698,7 +698,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         f"{', '.join(CONDITIONS)}")  # fmt: skip
     p.add_argument("--size", default="320x240", help="synthetic image size")
     p.add_argument("--references", type=int, default=24, help="synthetic references")
-    p.add_argument("--queries", type=int, default=6, help="synthetic queries per condition")
+    p.add_argument("--queries", type=int, default=12, help="synthetic queries per condition")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
     p.add_argument("--query-features", type=int, default=2048, help="SIFT features per query")
     p.add_argument("--fox", type=Path, default=Path("/work/shared/data/fox_instant_ngp"),
