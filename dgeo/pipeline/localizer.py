@@ -11,11 +11,14 @@ by inliers) with the GN-Net / PixLoc feature-metric refinement, batched over que
    by a pose prior;
 3. matching: the cached descriptors of each candidate's keypoints are correlated with the whole
    query map of the matching level (:func:`dgeo.matching.match_sparse_to_dense`);
-4. RANSAC: :func:`dgeo.ransac.pnp_ransac` on all candidates of all queries in one call; the
-   candidate with most inliers wins;
+4. RANSAC: :func:`dgeo.ransac.pnp_ransac` on all candidates of all queries in one call; a
+   candidate succeeds with ``min_inliers`` inliers spread over as many grid cells; the winner
+   (``select``: inlier ratio or count) alone gets the final PnP refinement
+   (:func:`dgeo.ransac.pnp_finish`);
 5. refinement: :func:`dgeo.pnp.refine_featuremetric` from the RANSAC pose on the winner's inlier
-   points, their reference descriptors on every level, coarse to fine; the refined pose is kept
-   if it still explains at least ``keep_inliers`` of the RANSAC inliers;
+   points (at most ``refine_points``), their reference descriptors on every level, coarse to
+   fine; the refined pose is kept if it still explains at least ``keep_inliers`` of the RANSAC
+   inliers;
 6. a query whose candidates all fail gets the pose of its top retrieved reference, flagged.
 """
 
