@@ -26,6 +26,9 @@ def stage_progress(
 ) -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar; yields ``progress(stage, done, total)``.
 
+    The bar is drawn from the first call on, so a command that stops on bad input before any
+    progress prints its one-line error without an empty bar above it.
+
     Args:
         console: where to draw (default: rich's console).
         transient: remove the bar when done.
@@ -35,10 +38,17 @@ def stage_progress(
     columns.append(TimeElapsedColumn())
     if remaining:
         columns.append(TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=transient) as bar:
-        task = bar.add_task("starting", total=None)
+    bar = Progress(*columns, console=console, transient=transient)
+    tasks = []
 
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.update(task, description=stage, completed=done, total=total)
+    def progress(stage: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+            tasks.append(bar.add_task(stage, total=total))
+        bar.update(tasks[0], description=stage, completed=done, total=total)
 
+    try:
         yield progress
+    finally:
+        if tasks:
+            bar.stop()
