@@ -8,6 +8,7 @@ real (random, tiny) KFNet model file to check the loading path.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -94,9 +95,16 @@ def test_localize_then_evaluate(patched, folder, tmp_path):
     assert [r["name"] for r in records] == names
     assert all(r["success"] and r["reason"] == "ok" for r in records)
     assert {"read", "network", "ransac"} <= set(records[0]["timings"])
-    ev = runner.invoke(app, ["evaluate", str(out), str(folder / "poses.txt"), "-t", "ace"])
+    a, b = tmp_path / "by_file.json", tmp_path / "by_folder.json"
+    ev = runner.invoke(
+        app, ["evaluate", str(out), str(folder / "poses.txt"), "-t", "ace", "--json", str(a)]
+    )
     assert ev.exit_code == 0, ev.output
     assert "100.0" in ev.output
+    # the sequence folder itself as ground truth (no camera or images read): the same numbers
+    ev = runner.invoke(app, ["evaluate", str(out), str(folder), "-t", "ace", "--json", str(b)])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(a.read_text()) == json.loads(b.read_text())
 
 
 def test_ace_method(patched, short, tmp_path):

@@ -19,6 +19,7 @@ from dgeo.data.sequences import (
     open_folders,
     parse_camera,
     read_camera_file,
+    read_sequence_poses,
     resolve_input_folder,
     rotate_frame,
     write_camera_file,
@@ -230,6 +231,9 @@ def test_seven_scenes_layout(tmp_path):
     assert torch.allclose(seq.poses.matrix(), poses.matrix(), atol=1e-12)
     assert reprojection(seq.frame(3)).max() < 1e-3
     assert resolve_input_folder(tmp_path) == [root]  # a folder of sequence folders
+    # the ground truth alone (dgeo evaluate): no camera needed, the same poses and names
+    names, gt = read_sequence_poses(root)
+    assert names == seq.names and torch.equal(gt.data, seq.poses.data)
     (root / "images/frame-000002.pose.txt").unlink()
     with pytest.raises(DataFileNotFoundError, match=r"frame-000002.pose.txt"):
         SequenceFolder(root, camera=SMALL)

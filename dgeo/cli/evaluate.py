@@ -20,8 +20,14 @@ console = Console()
 
 def load_ground_truth(path: Path) -> tuple[list[str], Pose]:
     """Ground-truth names and ``cam_from_world`` poses ``(N,)`` from a COLMAP model folder
-    (every registered image) or an hloc results-format file."""
+    (every registered image), a KFNet sequence folder (``image_list.txt`` with ``poses.txt`` or
+    7-Scenes ``.pose.txt`` files, the names ``dgeo localize-sequence`` writes) or an hloc
+    results-format file."""
     path = require_file(path, "ground truth")
+    if path.is_dir() and (path / "image_list.txt").is_file():
+        from dgeo.data.sequences import read_sequence_poses
+
+        return read_sequence_poses(path)
     if path.is_dir():
         ref = load_reference_map(path)
         return list(ref.names), ref.cam_from_world
@@ -69,8 +75,9 @@ def evaluate_command(
     ),
     ground_truth: Path = typer.Argument(
         ...,
-        help="Ground truth: a COLMAP model folder (every registered image is a query) or a "
-        "file in the results format.",
+        help="Ground truth: a COLMAP model folder (every registered image is a query), a KFNet "
+        "sequence folder (image_list.txt with poses.txt or 7-Scenes .pose.txt files) or a file "
+        "in the results format.",
     ),
     thresholds: str = typer.Option(
         "robotcar",

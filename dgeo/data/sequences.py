@@ -68,6 +68,7 @@ __all__ = [
     "parse_camera",
     "photometric",
     "read_camera_file",
+    "read_sequence_poses",
     "resolve_input_folder",
     "rotate_frame",
     "write_camera_file",
@@ -294,6 +295,68 @@ def _rigid_from_matrix(M: np.ndarray, path: Path, tol: float = 1e-2) -> torch.Te
     return out
 
 
+def _read_poses(root: Path, names: list[str], image_paths: list[Path]) -> Pose | None:
+    """``cam_from_world`` poses ``(N,)`` of a sequence's images from ``poses.txt`` or 7-Scenes
+    ``*.pose.txt`` files (None when neither exists)."""
+    poses_txt = root / "poses.txt"
+    if poses_txt.is_file():
+        listed, poses = read_hloc_results(poses_txt)
+        index = {n: i for i, n in enumerate(listed)}
+        base = {Path(n).name: i for i, n in enumerate(listed)}
+        order = []
+        for name, path in zip(names, image_paths, strict=True):
+            i = index.get(name, base.get(path.name))
+            if i is None:
+                raise ParseError(
+                    poses_txt, None, f"has no pose for image {name}; expected one line per "
+                    "image of image_list.txt (name qw qx qy qz tx ty tz, world-to-camera).",
+                )  # fmt: skip
+            order.append(i)
+        return poses[torch.tensor(order)]
+    pose_files = [p.with_name(p.name.split(".")[0] + ".pose.txt") for p in image_paths]
+    if not pose_files[0].is_file():
+        return None
+    mats = []
+    for path in pose_files:  # 7-Scenes: camera-to-world 4x4
+        if not path.is_file():
+            raise DataFileNotFoundError(
+                f"{path} does not exist, but {pose_files[0].name} does; give every frame "
+                "a .pose.txt or none."
+            )
+        try:
+            M = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        except ValueError as exc:
+            raise ParseError(path, None, f"not a 4x4 matrix of numbers ({exc}).") from None
+        mats.append(_rigid_from_matrix(M, path))
+    world_from_cam = Pose.from_matrix(torch.stack(mats))
+    return world_from_cam.inv()
+
+
+def read_sequence_poses(root: str | os.PathLike) -> tuple[list[str], Pose]:
+    """The ground truth of a KFNet sequence folder without opening its images or camera:
+    the names of ``image_list.txt`` and their ``cam_from_world`` poses ``(N,)`` float64, from
+    ``poses.txt`` or 7-Scenes ``*.pose.txt`` files (what ``dgeo evaluate`` reads).
+
+    Raises:
+        DataFileNotFoundError, InputError, ParseError: as :class:`SequenceFolder`, or a folder
+        without poses.
+    """
+    root = Path(root)
+    image_list = root / "image_list.txt"
+    if not image_list.is_file():
+        raise InputError(f"{root} has no image_list.txt; {_FOLDER_HINT}.")
+    entries = read_path_list(image_list)
+    paths = [e if e.is_absolute() else root / e for e in entries]
+    names = [e.as_posix() for e in entries]
+    poses = _read_poses(root, names, paths)
+    if poses is None:
+        raise InputError(
+            f"{root} holds no poses: give it poses.txt (name qw qx qy qz tx ty tz, "
+            "world-to-camera) or a 7-Scenes .pose.txt per frame."
+        )
+    return names, poses
+
+
 class SequenceFolder:
     """One KFNet sequence folder (see the module docstring), checked when opened.
 
@@ -410,38 +473,7 @@ class SequenceFolder:
         return path
 
     def _read_poses(self) -> Pose | None:
-        poses_txt = self.root / "poses.txt"
-        if poses_txt.is_file():
-            names, poses = read_hloc_results(poses_txt)
-            index = {n: i for i, n in enumerate(names)}
-            base = {Path(n).name: i for i, n in enumerate(names)}
-            order = []
-            for name, path in zip(self.names, self.image_paths, strict=True):
-                i = index.get(name, base.get(path.name))
-                if i is None:
-                    raise ParseError(
-                        poses_txt, None, f"has no pose for image {name}; expected one line per "
-                        "image of image_list.txt (name qw qx qy qz tx ty tz, world-to-camera).",
-                    )  # fmt: skip
-                order.append(i)
-            return poses[torch.tensor(order)]
-        pose_files = [p.with_name(p.name.split(".")[0] + ".pose.txt") for p in self.image_paths]
-        if not pose_files[0].is_file():
-            return None
-        mats = []
-        for path in pose_files:  # 7-Scenes: camera-to-world 4x4
-            if not path.is_file():
-                raise DataFileNotFoundError(
-                    f"{path} does not exist, but {pose_files[0].name} does; give every frame "
-                    "a .pose.txt or none."
-                )
-            try:
-                M = np.loadtxt(path, dtype=np.float64, ndmin=2)
-            except ValueError as exc:
-                raise ParseError(path, None, f"not a 4x4 matrix of numbers ({exc}).") from None
-            mats.append(_rigid_from_matrix(M, path))
-        world_from_cam = Pose.from_matrix(torch.stack(mats))
-        return world_from_cam.inv()
+        return _read_poses(self.root, self.names, self.image_paths)
 
     def __len__(self) -> int:
         return len(self.image_paths)
