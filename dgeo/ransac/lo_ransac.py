@@ -236,11 +236,10 @@ def pnp_ransac(
     )  # fmt: skip
     if seed is None:
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    N = points2D.shape[1] if isinstance(points2D, torch.Tensor) and points2D.dim() == 3 else 0
     # inference mode skips autograd's dispatch on every op (about 20 % of a small call); the
     # results are cloned out of it so that they are ordinary tensors
     with torch.inference_mode():
-        prob, valid, reason, M = _setup(points2D, points3D, camera, mask)
+        prob, valid, reason, N, M = _setup(points2D, points3D, camera, mask)
         state = _search(
             prob, reason == PnPReason.OK, threshold_px**2, confidence, min_iterations,
             max_iterations, batch_hypotheses, pretest_points, local_optimization, seed,
@@ -279,13 +278,12 @@ def pnp_finish(
         :class:`PnPResult` (``iterations`` 0); a non-finite pose fails with ``NO_HYPOTHESIS``.
     """
     _check_options(threshold_px, 0.5, 0, 1, 1, min_inliers, 1, refine_iterations)
-    N = points2D.shape[1] if isinstance(points2D, torch.Tensor) and points2D.dim() == 3 else 0
-    B = points2D.shape[0] if isinstance(points2D, torch.Tensor) and points2D.dim() == 3 else -1
-    if not isinstance(pose, Pose) or pose.shape != (B,):
-        got = pose.shape if isinstance(pose, Pose) else type(pose).__name__
-        raise ShapeError(f"pose must be a Pose of batch shape ({B},), got {got}.")
     with torch.inference_mode():
-        prob, valid, reason, M = _setup(points2D, points3D, camera, mask)
+        prob, valid, reason, N, M = _setup(points2D, points3D, camera, mask)
+        B = prob.n.shape[0]
+        if not isinstance(pose, Pose) or pose.shape != (B,):
+            got = pose.shape if isinstance(pose, Pose) else type(pose).__name__
+            raise ShapeError(f"pose must be a Pose of batch shape ({B},), got {got}.")
         data = pose.data.to(prob.X)
         found = torch.isfinite(data).all(-1) & (reason == PnPReason.OK)
         reason = torch.where((reason == PnPReason.OK) & ~found, PnPReason.NO_HYPOTHESIS, reason)
@@ -303,7 +301,8 @@ def pnp_finish(
 
 
 def _setup(points2D, points3D, camera, mask):
-    """Checks, the problem of :func:`_prepare`, the reasons so far and the padded width."""
+    """Checks, the problem of :func:`_prepare`, the reasons so far, the input's ``N`` and the
+    padded width (``N``, or 1 when there are no matches)."""
     B, N = check_correspondences(points2D, points3D, camera, mask)
     device, dtype = points2D.device, points2D.dtype
     mask = torch.ones(B, N, dtype=torch.bool, device=device) if mask is None else mask
@@ -319,7 +318,7 @@ def _setup(points2D, points3D, camera, mask):
     reason = torch.full((B,), PnPReason.OK, dtype=torch.int64, device=device)
     reason = torch.where(prob.n < 4, PnPReason.TOO_FEW_MATCHES, reason)
     reason = torch.where(nonfinite, PnPReason.NON_FINITE_INPUT, reason)
-    return prob, valid, reason, mask.shape[1]
+    return prob, valid, reason, N, mask.shape[1]
 
 
 def _clone_out(res: PnPResult, N: int) -> PnPResult:
