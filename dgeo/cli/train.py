@@ -211,11 +211,6 @@ def _make_scr_command(recipe: str) -> Callable[..., None]:
         resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT."),
     ) -> None:
         given = dict(locals())
-        for key in ("input_folder", "val_folder"):  # typer gives [] for an unused option
-            given[key] = [str(p) for p in given[key]] if given[key] else None
-        for key in ("init_weights", "scoordnet", "oflownet"):
-            if given[key] is not None:
-                given[key] = str(given[key])
         given["init_scoordnet"] = given.pop("scoordnet")
         given["init_oflownet"] = given.pop("oflownet")
         given["val_pairs"] = given.pop("val_frames")
@@ -305,8 +300,6 @@ def train_ace(
     given = dict(locals())
     from dgeo.pipeline.recipes.ace import ACE_DEFAULTS
 
-    for key in ("input_folder", "val_folder"):  # typer gives [] for an unused option
-        given[key] = [str(p) for p in given[key]] if given[key] else None
     options = {k: given.pop(k) for k in ("samples_per_image", "holdout", "augment", "depth_target")}
     given["loss"] = {k: v for k, v in options.items() if v is not None} or None
     width = given.pop("head_width")
@@ -327,10 +320,10 @@ def _train(recipe: str, given: dict[str, Any], defaults: dict[str, Any] | None =
     out: Path = given.pop("out")
     resume: bool = given.pop("resume")
     config_file = given.pop("config")
-    for key in ("data", "val_data"):
-        if not given.get(key):  # typer gives [] for an unused multiple option
-            given[key] = None
-    for key in ("init_weights",):
+    for key in ("data", "val_data", "input_folder", "val_folder"):
+        values = given.get(key)  # typer gives [] for an unused multiple option
+        given[key] = [str(v) for v in values] if values else None
+    for key in ("init_weights", "init_scoordnet", "init_oflownet"):
         if given.get(key) is not None:
             given[key] = str(given[key])
     given["recipe"] = recipe
